@@ -1,0 +1,30 @@
+//! Schema migrations of dabgent_mq.
+//!
+//! The migrations record themselves in the `dabgent_mq_migrations` table, not in SeaORM's
+//! default `seaql_migrations`, so they live beside a host application's own migrator in the
+//! same database without either one seeing the other's versions.
+//!
+//! Run them with `sea-orm-cli migrate up -d migration` or `cargo run -p migration -- up`
+//! (both read `DATABASE_URL`), or let `dabgent_mq::MessageQueue` run them on start.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20260101_000001_create_queue_tables;
+
+/// Name of the table in which these migrations record the versions they have applied.
+pub const MIGRATION_TABLE: &str = "dabgent_mq_migrations";
+
+/// The migrator of dabgent_mq's tables, in order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20260101_000001_create_queue_tables::Migration)]
+    }
+
+    fn migration_table_name() -> DynIden {
+        MIGRATION_TABLE.into_iden()
+    }
+}

@@ -1,0 +1,377 @@
+//! Every statement the library runs. Crate-private.
+//!
+//! Portable SeaORM / SeaQuery code lives here; the few statements a dialect must say in its own
+//! words live in the twin modules [`postgres`] and [`sqlite`], which have the same function
+//! names. Dispatch on the backend happens here, once per operation.
+
+pub(crate) mod postgres;
+pub(crate) mod sqlite;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use entity::{message, stream};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
+use sea_orm::sqlx::postgres::PgConnectOptions;
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, RuntimeErr, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
+};
+use serde_json::Value;
+
+use crate::error::{MqError, Result};
+use crate::options::QueueOptions;
+use crate::queue::DatabaseType;
+
+/// Rows per multi-row `INSERT`: 7 bind parameters each stays far below SQLite's limit of
+/// 32,766 parameters per statement (and PostgreSQL's 65,535).
+const INSERT_CHUNK_ROWS: usize = 1000;
+
+/// Longest `pg_notify` payload we send (PostgreSQL's limit is 8000 bytes); a longer list of
+/// streams is replaced by `*`, meaning "look at every stream".
+const MAX_NOTIFY_PAYLOAD: usize = 7900;
+
+/// A validated message, ready to be written.
+#[derive(Debug)]
+pub(crate) struct NewMessage {
+    pub(crate) stream: String,
+    pub(crate) topic: String,
+    pub(crate) payload: Value,
+    pub(crate) priority: i32,
+    pub(crate) delay_ms: i64,
+}
+
+/// Opens a pool for `url`, after checking that the URL is well formed and belongs to
+/// `db_type`.
+///
+/// A SQLite file is created if missing and opened in WAL mode with `synchronous=NORMAL` and a
+/// busy timeout. An in-memory SQLite database lives in its connection, so its pool has exactly
+/// one connection that is never recycled.
+pub(crate) async fn connect(
+    db_type: DatabaseType,
+    url: &str,
+    options: &QueueOptions,
+) -> Result<DatabaseConnection> {
+    let mut connect = ConnectOptions::new(url.to_owned());
+    connect
+        .sqlx_logging(false)
+        .connect_timeout(options.connect_timeout)
+        .acquire_timeout(options.acquire_timeout);
+    match db_type {
+        DatabaseType::Sqlite => {
+            if !url.starts_with("sqlite:") {
+                return Err(mismatch(db_type, url));
+            }
+            SqliteConnectOptions::from_str(url)
+                .map_err(|e| MqError::InvalidConfig(format!("malformed sqlite url: {e}")))?;
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            let busy_timeout = options.sqlite_busy_timeout;
+            if in_memory {
+                connect
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None);
+            } else {
+                connect.max_connections(options.pool_size.unwrap_or(8));
+            }
+            connect.map_sqlx_sqlite_opts(move |sqlite| {
+                let sqlite = sqlite
+                    .create_if_missing(true)
+                    .foreign_keys(true)
+                    .busy_timeout(busy_timeout);
+                if in_memory {
+                    sqlite
+                } else {
+                    sqlite
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
+                }
+            });
+        }
+        DatabaseType::Postgres => {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(mismatch(db_type, url));
+            }
+            PgConnectOptions::from_str(url)
+                .map_err(|e| MqError::InvalidConfig(format!("malformed postgres url: {e}")))?;
+            connect.max_connections(options.pool_size.unwrap_or(20));
+        }
+    }
+    Database::connect(connect)
+        .await
+        .map_err(|source| MqError::Connection {
+            backend: db_type.name(),
+            source,
+        })
+}
+
+fn mismatch(db_type: DatabaseType, url: &str) -> MqError {
+    let scheme = url.split(':').next().unwrap_or_default();
+    MqError::InvalidConfig(format!(
+        "database type {} does not match a url with scheme {scheme:?}",
+        db_type.name()
+    ))
+}
+
+/// The database type of a connection, if the library supports it.
+pub(crate) fn database_type<C: ConnectionTrait>(conn: &C) -> Result<DatabaseType> {
+    match conn.get_database_backend() {
+        DbBackend::Postgres => Ok(DatabaseType::Postgres),
+        DbBackend::Sqlite => Ok(DatabaseType::Sqlite),
+        other => Err(MqError::InvalidConfig(format!(
+            "{other:?} is not supported; use PostgreSQL or SQLite"
+        ))),
+    }
+}
+
+/// Applies pending migrations, one process at a time: under an advisory lock on PostgreSQL,
+/// inside `BEGIN IMMEDIATE` on SQLite.
+pub(crate) async fn migrate(db: &DatabaseConnection) -> Result<()> {
+    let txn = begin_write(db).await?;
+    match db.get_database_backend() {
+        DbBackend::Postgres => postgres::lock_migrations(&txn).await?,
+        _ => sqlite::lock_migrations(&txn).await?,
+    }
+    Migrator::up(&txn, None).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Begins a transaction that will write: `BEGIN IMMEDIATE` on SQLite (pitfall: a deferred
+/// transaction that reads first fails with "database is locked" when it later writes under
+/// contention), a plain `BEGIN` on PostgreSQL. Inside a transaction, a savepoint.
+pub(crate) async fn begin_write<C: TransactionTrait>(conn: &C) -> Result<C::Transaction> {
+    Ok(conn
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await?)
+}
+
+fn now_ms(backend: DbBackend) -> Expr {
+    Expr::cust(match backend {
+        DbBackend::Postgres => postgres::NOW_MS,
+        _ => sqlite::NOW_MS,
+    })
+}
+
+/// Creates the stream unless it exists. Safe to race: the unique name and `ON CONFLICT DO
+/// NOTHING` make concurrent creators agree on one row.
+pub(crate) async fn create_stream<C: ConnectionTrait>(conn: &C, name: &str) -> Result<()> {
+    let backend = conn.get_database_backend();
+    let stmt = Query::insert()
+        .into_table(stream::Entity)
+        .columns([
+            stream::Column::Name,
+            stream::Column::LastOffset,
+            stream::Column::Config,
+            stream::Column::CreatedAt,
+        ])
+        .values([
+            name.into(),
+            0i64.into(),
+            Expr::val(Value::Object(Default::default())),
+            now_ms(backend),
+        ])
+        .map_err(|e| DbErr::Custom(e.to_string()))?
+        .on_conflict(
+            OnConflict::column(stream::Column::Name)
+                .do_nothing()
+                .to_owned(),
+        )
+        .to_owned();
+    conn.execute(&stmt).await?;
+    Ok(())
+}
+
+/// The stream named `name`, if it exists.
+pub(crate) async fn find_stream<C: ConnectionTrait>(
+    conn: &C,
+    name: &str,
+) -> Result<Option<stream::Model>> {
+    Ok(stream::Entity::find()
+        .filter(stream::Column::Name.eq(name))
+        .one(conn)
+        .await?)
+}
+
+/// Appends `messages` (already validated) to their streams and returns their ids in input
+/// order. Must run inside a transaction.
+///
+/// Offsets: for each stream, in name order (so two batches spanning the same streams cannot
+/// deadlock), one `UPDATE ... SET last_offset = last_offset + n ... RETURNING` reserves the next
+/// `n` offsets. The row stays locked until the transaction ends, so a second publisher waits,
+/// and offsets become visible in commit order without gaps; a rollback returns them.
+/// The same statement reads the database clock, so all times come from one clock.
+pub(crate) async fn insert_messages<C: ConnectionTrait>(
+    conn: &C,
+    messages: Vec<NewMessage>,
+) -> Result<Vec<i64>> {
+    let backend = conn.get_database_backend();
+    let mut counts: Vec<(&str, i64)> = Vec::new();
+    {
+        let mut by_stream: HashMap<&str, i64> = HashMap::new();
+        for m in &messages {
+            *by_stream.entry(m.stream.as_str()).or_default() += 1;
+        }
+        counts.extend(by_stream);
+        counts.sort_unstable();
+    }
+
+    // stream name -> (stream id, next offset to hand out)
+    let mut next: HashMap<String, (i64, i64)> = HashMap::with_capacity(counts.len());
+    let mut now = 0i64;
+    for (name, count) in &counts {
+        let stmt = Query::update()
+            .table(stream::Entity)
+            .value(
+                stream::Column::LastOffset,
+                Expr::col(stream::Column::LastOffset).add(*count),
+            )
+            .and_where(Expr::col(stream::Column::Name).eq(*name))
+            .returning(Query::returning().exprs([
+                Expr::col(stream::Column::Id),
+                Expr::col(stream::Column::LastOffset),
+                now_ms(backend),
+            ]))
+            .to_owned();
+        let row = conn
+            .query_one(&stmt)
+            .await?
+            .ok_or_else(|| MqError::UnknownStream((*name).to_owned()))?;
+        let id: i64 = row.try_get_by_index(0)?;
+        let last: i64 = row.try_get_by_index(1)?;
+        now = row.try_get_by_index(2)?;
+        next.insert((*name).to_owned(), (id, last - count + 1));
+    }
+    let notify_payload = notify_payload(counts.iter().map(|(name, _)| *name));
+
+    let total = messages.len();
+    // (stream id, offset) -> input position, to return ids in input order whatever order the
+    // database returns rows in.
+    let mut position: HashMap<(i64, i64), usize> = HashMap::with_capacity(total);
+    let mut ids = vec![0i64; total];
+    let mut rows = messages.into_iter().enumerate().peekable();
+    while rows.peek().is_some() {
+        let mut insert = Query::insert();
+        insert.into_table(message::Entity).columns([
+            message::Column::StreamId,
+            message::Column::StreamOffset,
+            message::Column::Topic,
+            message::Column::Payload,
+            message::Column::Priority,
+            message::Column::CreatedAt,
+            message::Column::DeliverAt,
+        ]);
+        for (index, m) in rows.by_ref().take(INSERT_CHUNK_ROWS) {
+            let slot = next
+                .get_mut(&m.stream)
+                .ok_or_else(|| MqError::UnknownStream(m.stream.clone()))?;
+            let (stream_id, offset) = (slot.0, slot.1);
+            slot.1 += 1;
+            position.insert((stream_id, offset), index);
+            insert
+                .values([
+                    stream_id.into(),
+                    offset.into(),
+                    m.topic.into(),
+                    Expr::val(m.payload),
+                    m.priority.into(),
+                    now.into(),
+                    now.saturating_add(m.delay_ms).into(),
+                ])
+                .map_err(|e| DbErr::Custom(e.to_string()))?;
+        }
+        insert.returning(Query::returning().columns([
+            message::Column::Id,
+            message::Column::StreamId,
+            message::Column::StreamOffset,
+        ]));
+        for row in conn.query_all(&insert).await? {
+            let id: i64 = row.try_get_by_index(0)?;
+            let key: (i64, i64) = (row.try_get_by_index(1)?, row.try_get_by_index(2)?);
+            if let Some(&index) = position.get(&key) {
+                ids[index] = id;
+            }
+        }
+    }
+
+    match backend {
+        DbBackend::Postgres => postgres::notify(conn, &notify_payload).await?,
+        _ => sqlite::notify(conn, &notify_payload).await?,
+    }
+    Ok(ids)
+}
+
+fn notify_payload<'a>(streams: impl Iterator<Item = &'a str>) -> String {
+    let mut payload = String::new();
+    for name in streams {
+        if !payload.is_empty() {
+            payload.push(',');
+        }
+        payload.push_str(name);
+        if payload.len() > MAX_NOTIFY_PAYLOAD {
+            return "*".to_owned();
+        }
+    }
+    payload
+}
+
+/// Up to `limit` messages of a stream with offset >= `from_offset`, in offset order. Served by
+/// the unique (stream, offset) index, so each page costs the same however long the log is.
+pub(crate) async fn read_messages<C: ConnectionTrait>(
+    conn: &C,
+    stream_id: i64,
+    from_offset: i64,
+    limit: u64,
+) -> Result<Vec<message::Model>> {
+    Ok(message::Entity::find()
+        .filter(message::Column::StreamId.eq(stream_id))
+        .filter(message::Column::StreamOffset.gte(from_offset))
+        .order_by_asc(message::Column::StreamOffset)
+        .limit(limit)
+        .all(conn)
+        .await?)
+}
+
+/// Whether the database, with the operator the claim uses, finds that `topic` matches
+/// `pattern`. Exists to check the SQL form against [`crate::topic::matches`].
+pub(crate) async fn topic_matches<C: ConnectionTrait>(
+    conn: &C,
+    topic: &str,
+    pattern: &str,
+) -> Result<bool> {
+    Ok(match conn.get_database_backend() {
+        DbBackend::Postgres => postgres::topic_matches(conn, topic, pattern).await?,
+        _ => sqlite::topic_matches(conn, topic, pattern).await?,
+    })
+}
+
+/// Whether a database error is likely to go away on retry.
+pub(crate) fn is_transient(err: &DbErr) -> bool {
+    use sea_orm::sqlx::Error as SqlxError;
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            match e.as_ref() {
+                SqlxError::Io(_) | SqlxError::PoolTimedOut | SqlxError::WorkerCrashed => true,
+                SqlxError::Database(db) => db.code().is_some_and(|code| {
+                    matches!(
+                        code.as_ref(),
+                        // serialization failure, deadlock, server shutting down or starting
+                        "40001" | "40P01" | "57P01" | "57P02" | "57P03"
+                        // SQLITE_BUSY, SQLITE_LOCKED and their extended codes
+                        | "5" | "6" | "261" | "262" | "517" | "773"
+                    ) || code.starts_with("08")
+                }),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}

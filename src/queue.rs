@@ -1,0 +1,518 @@
+//! [`MessageQueue`]: connecting, creating streams, publishing and replaying.
+
+use std::fmt;
+use std::sync::Arc;
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionSession, TransactionTrait};
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::backend::{self, NewMessage};
+use crate::error::{MqError, Result};
+use crate::message::Message;
+use crate::options::QueueOptions;
+use crate::replay::ReplayBuilder;
+use crate::topic;
+
+/// Deepest nesting of arrays and objects accepted in a payload. serde_json refuses to parse
+/// documents nested deeper than 128 levels, so a deeper payload could be stored but never read
+/// back; the margin leaves room for the envelope of a caller's own framing.
+pub const MAX_PAYLOAD_DEPTH: usize = 100;
+
+/// Which database a URL points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DatabaseType {
+    /// An embedded SQLite file (`sqlite://path/to/file.db`), created if missing, or an
+    /// in-memory database (`sqlite::memory:`).
+    Sqlite,
+    /// A PostgreSQL server (`postgres://user:pass@host/db`).
+    Postgres,
+}
+
+impl DatabaseType {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            DatabaseType::Sqlite => "sqlite",
+            DatabaseType::Postgres => "postgres",
+        }
+    }
+}
+
+impl fmt::Display for DatabaseType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A durable message queue and message bus inside a SQLite or PostgreSQL database.
+///
+/// Cheap to clone: clones share one connection pool.
+///
+/// # Streams and offsets
+///
+/// A stream is a named, append-only log. Every message gets the next offset of its stream, 1,
+/// 2, 3, ... with no gaps, assigned inside the publishing transaction under the stream row's
+/// lock, so offsets become visible in commit order: a reader that has seen offset N never later
+/// sees a smaller offset appear. [`MessageQueue::stream`] replays a stream from any offset.
+///
+/// # Publishing
+///
+/// Input is validated before any database call (names, topics, payload size and shape) and a
+/// failed call writes nothing. [`publish_batch`](MessageQueue::publish_batch) is atomic, even
+/// across streams. [`publish_in`](MessageQueue::publish_in) writes inside a transaction of
+/// the caller's: the message exists, and is delivered, only if that transaction commits.
+///
+/// # Delivery contract
+///
+/// Delivery to subscribers is at least once, per consumer group: each group receives every
+/// message of its stream (fan-out), and the members of a group share them, each message held by
+/// one member at a time under a lease (the visibility timeout). A message is finished for the
+/// group when it is acknowledged; a lease that runs out makes the message available again and
+/// counts as an attempt, so a crash while processing leads to redelivery, never to loss.
+/// Without crashes or expired leases, every message is delivered exactly once per group.
+/// Within a group, ready messages are delivered by priority (higher first), then by offset;
+/// there is no ordering guarantee between messages processed concurrently by different members.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> dabgent_mq::Result<()> {
+/// use dabgent_mq::{DatabaseType, MessageQueue};
+/// use futures::StreamExt;
+/// use serde_json::json;
+///
+/// let queue = MessageQueue::new(DatabaseType::Sqlite, "sqlite::memory:").await?;
+/// queue.create_stream("orders").await?;
+/// let id = queue.publish("orders", "order.created", json!({"order_id": 1})).await?;
+///
+/// let mut replay = queue.stream("orders").from_offset(1).build();
+/// let first = replay.next().await.expect("one message")?;
+/// assert_eq!((first.id, first.offset), (id, 1));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MessageQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DatabaseConnection,
+    db_type: DatabaseType,
+    options: QueueOptions,
+}
+
+impl fmt::Debug for MessageQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageQueue")
+            .field("database", &self.inner.db_type)
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MessageQueue {
+    /// Connects to `url` with default [`QueueOptions`] and applies pending migrations.
+    ///
+    /// A SQLite file is created if it does not exist (`sqlite://messages.db` works in an empty
+    /// folder) and opened in WAL mode with `synchronous=NORMAL`.
+    ///
+    /// # Errors
+    ///
+    /// [`MqError::InvalidConfig`] if the URL is malformed or does not belong to `db_type`;
+    /// [`MqError::Connection`] if the database cannot be reached; [`MqError::Database`] if a
+    /// migration fails.
+    pub async fn new(db_type: DatabaseType, url: &str) -> Result<Self> {
+        Self::with_options(db_type, url, QueueOptions::default()).await
+    }
+
+    /// Connects to `url` with the given options.
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::new`], and [`MqError::InvalidConfig`] for options out of range.
+    pub async fn with_options(
+        db_type: DatabaseType,
+        url: &str,
+        options: QueueOptions,
+    ) -> Result<Self> {
+        options.validate()?;
+        let db = backend::connect(db_type, url, &options).await?;
+        Self::start(db, db_type, options).await
+    }
+
+    /// Uses the host application's SeaORM connection (and its pool) with default options.
+    ///
+    /// # Errors
+    ///
+    /// [`MqError::InvalidConfig`] for a database other than PostgreSQL or SQLite;
+    /// [`MqError::Database`] if a migration fails.
+    pub async fn from_connection(db: DatabaseConnection) -> Result<Self> {
+        Self::from_connection_with_options(db, QueueOptions::default()).await
+    }
+
+    /// Uses the host application's SeaORM connection with the given options (the pool size
+    /// option does not apply: the host's pool is used as it is).
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::from_connection`].
+    pub async fn from_connection_with_options(
+        db: DatabaseConnection,
+        options: QueueOptions,
+    ) -> Result<Self> {
+        options.validate()?;
+        let db_type = backend::database_type(&db)?;
+        Self::start(db, db_type, options).await
+    }
+
+    async fn start(
+        db: DatabaseConnection,
+        db_type: DatabaseType,
+        options: QueueOptions,
+    ) -> Result<Self> {
+        if options.run_migrations {
+            backend::migrate(&db).await?;
+        }
+        Ok(MessageQueue {
+            inner: Arc::new(Inner {
+                db,
+                db_type,
+                options,
+            }),
+        })
+    }
+
+    /// The connection the queue uses, for running a transaction to pass to
+    /// [`publish_in`](MessageQueue::publish_in).
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.inner.db
+    }
+
+    /// The database this queue runs on.
+    pub fn database_type(&self) -> DatabaseType {
+        self.inner.db_type
+    }
+
+    /// The options this queue was created with.
+    pub fn options(&self) -> &QueueOptions {
+        &self.inner.options
+    }
+
+    /// Creates a stream. Idempotent: creating an existing stream succeeds and changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`MqError::InvalidName`] for a name that is empty, longer than 255 characters, or uses
+    /// characters other than ASCII letters, digits and `_ - . :`.
+    pub async fn create_stream(&self, name: &str) -> Result<()> {
+        topic::validate_name(name)?;
+        backend::create_stream(&self.inner.db, name).await
+    }
+
+    /// Publishes a message with priority 0 and returns its id.
+    ///
+    /// # Errors
+    ///
+    /// [`MqError::UnknownStream`], [`MqError::InvalidName`], [`MqError::InvalidTopic`],
+    /// [`MqError::MessageTooLarge`] and [`MqError::InvalidPayload`] for bad input (nothing is
+    /// written); [`MqError::Database`] if the database fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> dabgent_mq::Result<()> {
+    /// # let queue = dabgent_mq::MessageQueue::new(dabgent_mq::DatabaseType::Sqlite, "sqlite::memory:").await?;
+    /// use dabgent_mq::MqError;
+    /// use serde_json::json;
+    ///
+    /// queue.create_stream("orders").await?;
+    /// let id = queue.publish("orders", "order.created", json!({"amount": 99.99})).await?;
+    ///
+    /// let huge = json!("x".repeat(2 << 20));
+    /// match queue.publish("orders", "order.created", huge).await {
+    ///     Err(MqError::MessageTooLarge(size, max)) => assert!(size > max),
+    ///     other => panic!("unexpected: {other:?}"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn publish(&self, stream: &str, topic: &str, payload: Value) -> Result<i64> {
+        self.publish_message(Message::new(stream, topic, payload))
+            .await
+    }
+
+    /// Publishes a message with the given priority (higher is delivered first) and returns its
+    /// id.
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::publish`].
+    pub async fn publish_with_priority(
+        &self,
+        stream: &str,
+        topic: &str,
+        payload: Value,
+        priority: i32,
+    ) -> Result<i64> {
+        self.publish_message(Message::new(stream, topic, payload).with_priority(priority))
+            .await
+    }
+
+    /// Publishes a message built with [`Message::new`] (with its priority and delay) and
+    /// returns its id.
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::publish`].
+    pub async fn publish_message(&self, message: Message) -> Result<i64> {
+        let mut ids = self.publish_batch(vec![message]).await?;
+        ids.pop()
+            .ok_or_else(|| MqError::InvalidConfig("publish returned no id".into()))
+    }
+
+    /// Publishes many messages atomically, in one transaction: all are stored or none is.
+    /// The batch may span streams. Returns the ids in input order.
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::publish`]; one invalid message fails the whole batch and nothing is
+    /// written.
+    pub async fn publish_batch(&self, messages: Vec<Message>) -> Result<Vec<i64>> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prepared = self.prepare_all(messages)?;
+        let span = tracing::debug_span!("publish", count = prepared.len());
+        async {
+            let txn = backend::begin_write(&self.inner.db).await?;
+            let result = backend::insert_messages(&txn, prepared).await;
+            finish(txn, result).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Publishes a message inside the caller's connection or transaction (the outbox
+    /// pattern): it is stored, and delivered, only if that transaction commits.
+    ///
+    /// Inside a transaction the insert runs in a savepoint, so a failed publish leaves the
+    /// caller's transaction usable. Until the caller commits, other publishers to the same
+    /// stream wait for it, as they wait for each other: that is what keeps offsets gapless
+    /// and in commit order. Keep such transactions short.
+    ///
+    /// On SQLite, start the caller's transaction with `BEGIN IMMEDIATE` (SeaORM:
+    /// `begin_with_options` with `SqliteTransactionMode::Immediate`) when it reads before it
+    /// writes, or it may fail with "database is locked" under contention. Waiting subscribers
+    /// of this process find the message by their backstop poll, since the queue cannot see the
+    /// caller's commit; on PostgreSQL they are woken by the commit's notification.
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::publish`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> dabgent_mq::Result<()> {
+    /// # let queue = dabgent_mq::MessageQueue::new(dabgent_mq::DatabaseType::Sqlite, "sqlite::memory:").await?;
+    /// use dabgent_mq::Message;
+    /// use sea_orm::TransactionTrait;
+    /// use serde_json::json;
+    ///
+    /// queue.create_stream("orders").await?;
+    /// let txn = queue.connection().begin().await?;
+    /// // ... the application's own writes on `txn` ...
+    /// queue.publish_in(&txn, Message::new("orders", "order.created", json!({"id": 7}))).await?;
+    /// txn.commit().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn publish_in<C>(&self, conn: &C, message: Message) -> Result<i64>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
+        let mut ids = self.publish_batch_in(conn, vec![message]).await?;
+        ids.pop()
+            .ok_or_else(|| MqError::InvalidConfig("publish returned no id".into()))
+    }
+
+    /// Publishes many messages atomically inside the caller's connection or transaction; see
+    /// [`publish_in`](MessageQueue::publish_in).
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::publish_batch`].
+    pub async fn publish_batch_in<C>(&self, conn: &C, messages: Vec<Message>) -> Result<Vec<i64>>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prepared = self.prepare_all(messages)?;
+        let span = tracing::debug_span!("publish_in", count = prepared.len());
+        async {
+            let txn = backend::begin_write(conn).await?;
+            let result = backend::insert_messages(&txn, prepared).await;
+            finish(txn, result).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Starts a replay of the stream `name`; see [`ReplayBuilder`].
+    pub fn stream(&self, name: &str) -> ReplayBuilder {
+        ReplayBuilder::new(self.inner.db.clone(), name.to_owned())
+    }
+
+    fn prepare_all(&self, messages: Vec<Message>) -> Result<Vec<NewMessage>> {
+        messages
+            .into_iter()
+            .map(|m| prepare(m, self.inner.options.max_payload_bytes))
+            .collect()
+    }
+
+    /// Whether the database, evaluating a topic pattern the way subscriptions do, finds that
+    /// `topic` matches `pattern`. Used to check the SQL form against [`topic::matches()`];
+    /// not part of the stable API.
+    #[doc(hidden)]
+    pub async fn topic_matches_in_database(&self, pattern: &str, topic: &str) -> Result<bool> {
+        backend::topic_matches(&self.inner.db, topic, pattern).await
+    }
+}
+
+/// Commits on success, rolls back (explicitly, rather than on drop) on failure.
+async fn finish<T>(txn: impl TransactionSession, result: Result<T>) -> Result<T> {
+    match result {
+        Ok(value) => {
+            txn.commit().await?;
+            Ok(value)
+        }
+        Err(err) => {
+            // The original error is what the caller needs; a failed rollback (say, of a broken
+            // connection) is discarded with the transaction anyway.
+            let _ = txn.rollback().await;
+            Err(err)
+        }
+    }
+}
+
+/// Validates a message and turns it into a row to write. No database call.
+fn prepare(message: Message, max_payload_bytes: usize) -> Result<NewMessage> {
+    topic::validate_name(&message.stream)?;
+    topic::validate_topic(&message.topic)?;
+    check_payload(&message.payload, max_payload_bytes)?;
+    let delay_ms = i64::try_from(message.delay.as_millis())
+        .map_err(|_| MqError::InvalidConfig("delay is too long".into()))?;
+    Ok(NewMessage {
+        stream: message.stream,
+        topic: message.topic,
+        payload: message.payload,
+        priority: message.priority,
+        delay_ms,
+    })
+}
+
+/// Checks the payload's nesting depth and strings (iteratively, so a hostile payload cannot
+/// exhaust the stack), then its serialized size, without allocating the serialized text.
+fn check_payload(payload: &Value, max_bytes: usize) -> Result<()> {
+    let mut stack: Vec<(&Value, usize)> = vec![(payload, 1)];
+    while let Some((value, depth)) = stack.pop() {
+        match value {
+            Value::String(s) if s.contains('\0') => {
+                return Err(MqError::InvalidPayload(
+                    "strings must not contain NUL (\\u0000)".into(),
+                ));
+            }
+            Value::Array(items) => {
+                if depth > MAX_PAYLOAD_DEPTH {
+                    return Err(nested_too_deep());
+                }
+                stack.extend(items.iter().map(|v| (v, depth + 1)));
+            }
+            Value::Object(map) => {
+                if depth > MAX_PAYLOAD_DEPTH {
+                    return Err(nested_too_deep());
+                }
+                for (key, v) in map {
+                    if key.contains('\0') {
+                        return Err(MqError::InvalidPayload(
+                            "object keys must not contain NUL (\\u0000)".into(),
+                        ));
+                    }
+                    stack.push((v, depth + 1));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut counter = ByteCounter(0);
+    serde_json::to_writer(&mut counter, payload)
+        .map_err(|e| MqError::InvalidPayload(e.to_string()))?;
+    if counter.0 > max_bytes {
+        return Err(MqError::MessageTooLarge(counter.0, max_bytes));
+    }
+    Ok(())
+}
+
+fn nested_too_deep() -> MqError {
+    MqError::InvalidPayload(format!(
+        "arrays and objects must not be nested more than {MAX_PAYLOAD_DEPTH} levels deep"
+    ))
+}
+
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn payload_size_is_the_serialized_length() {
+        let exact = json!("x".repeat(98));
+        assert!(check_payload(&exact, 100).is_ok());
+        let over = json!("x".repeat(99));
+        assert!(matches!(
+            check_payload(&over, 100),
+            Err(MqError::MessageTooLarge(101, 100))
+        ));
+    }
+
+    #[test]
+    fn nul_and_deep_nesting_are_rejected() {
+        assert!(matches!(
+            check_payload(&json!({"a": "x\u{0}y"}), 1000),
+            Err(MqError::InvalidPayload(_))
+        ));
+        assert!(matches!(
+            check_payload(&json!({"a\u{0}": 1}), 1000),
+            Err(MqError::InvalidPayload(_))
+        ));
+        let mut deep = json!(1);
+        for _ in 0..MAX_PAYLOAD_DEPTH {
+            deep = json!([deep]);
+        }
+        assert!(check_payload(&deep, 1 << 20).is_ok());
+        deep = json!([deep]);
+        assert!(matches!(
+            check_payload(&deep, 1 << 20),
+            Err(MqError::InvalidPayload(_))
+        ));
+    }
+}

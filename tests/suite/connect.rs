@@ -1,0 +1,187 @@
+//! Connecting: URLs, database types, options, a host's connection, concurrent starts.
+
+use std::time::{Duration, Instant};
+
+use dabgent_mq::sea_orm::{ConnectionTrait, Statement};
+use dabgent_mq::{DatabaseType, MessageQueue, MqError, QueueOptions};
+use serde_json::json;
+
+use crate::common;
+
+#[tokio::test]
+async fn a_database_type_that_does_not_match_the_url_is_rejected() {
+    let err = MessageQueue::new(DatabaseType::Postgres, "sqlite://messages.db")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MqError::InvalidConfig(_)), "{err:?}");
+    assert!(err.to_string().contains("postgres"), "{err}");
+    let err = MessageQueue::new(DatabaseType::Sqlite, "postgres://postgres@127.0.0.1/test")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MqError::InvalidConfig(_)), "{err:?}");
+    let err = MessageQueue::new(DatabaseType::Sqlite, "mysql://root@127.0.0.1/test")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MqError::InvalidConfig(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn malformed_urls_are_rejected_before_connecting() {
+    for (db_type, url) in [
+        (DatabaseType::Postgres, "postgres://user@host:notaport/db"),
+        (DatabaseType::Postgres, "postgres://[::1/db"),
+        (DatabaseType::Sqlite, "sqlite://x.db?mode=sideways"),
+        (DatabaseType::Sqlite, "not a url"),
+        (DatabaseType::Postgres, ""),
+    ] {
+        let err = MessageQueue::new(db_type, url).await.unwrap_err();
+        assert!(matches!(err, MqError::InvalidConfig(_)), "{url:?}: {err:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_server_gives_a_connection_error_promptly() {
+    let started = Instant::now();
+    let options = QueueOptions::new()
+        .connect_timeout(Duration::from_secs(2))
+        .acquire_timeout(Duration::from_secs(3));
+    // Port 1 on loopback: nothing listens there.
+    let err = MessageQueue::with_options(
+        DatabaseType::Postgres,
+        "postgres://postgres@127.0.0.1:1/test",
+        options,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, MqError::Connection { .. }), "{err:?}");
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = MessageQueue::new(DatabaseType::Sqlite, "sqlite:///nonexistent-dir/sub/q.db")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MqError::Connection { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_sqlite_file_is_created_in_an_empty_folder_in_wal_mode() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("empty_folder_test");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("messages.db");
+    let queue = MessageQueue::new(
+        DatabaseType::Sqlite,
+        &format!("sqlite://{}", path.display()),
+    )
+    .await
+    .unwrap();
+    assert!(path.exists());
+    queue.create_stream("orders").await.unwrap();
+    queue
+        .publish("orders", "order.created", json!({"ok": true}))
+        .await
+        .unwrap();
+    let conn = queue.connection();
+    let mode = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "PRAGMA journal_mode",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<String>(0)
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let sync = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "PRAGMA synchronous",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<i64>(0)
+        .unwrap();
+    assert_eq!(sync, 1, "synchronous=NORMAL");
+}
+
+#[tokio::test]
+async fn an_in_memory_sqlite_database_works_with_its_single_connection() {
+    let queue = MessageQueue::new(DatabaseType::Sqlite, "sqlite::memory:")
+        .await
+        .unwrap();
+    queue.create_stream("mem").await.unwrap();
+    let ids = queue
+        .publish_batch(vec![
+            dabgent_mq::Message::new("mem", "a", json!(1)),
+            dabgent_mq::Message::new("mem", "b", json!(2)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+}
+
+#[tokio::test]
+async fn options_out_of_range_are_rejected() {
+    for options in [
+        QueueOptions::new().pool_size(0),
+        QueueOptions::new().max_payload_bytes(0),
+        QueueOptions::new().backstop_poll_interval(Duration::ZERO),
+    ] {
+        let err = MessageQueue::with_options(DatabaseType::Sqlite, "sqlite::memory:", options)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MqError::InvalidConfig(_)), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn from_connection_uses_the_host_pool_and_migrates() {
+    let db = common::fresh_db("from_connection").await;
+    let host = common::connect(&db).await;
+    let queue = MessageQueue::from_connection(host.clone()).await.unwrap();
+    assert_eq!(queue.database_type(), db.db_type);
+    queue.create_stream("orders").await.unwrap();
+    queue.publish("orders", "t", json!(1)).await.unwrap();
+    assert_eq!(common::count(&host, "mq_messages").await, 1);
+    // Migrations already applied: a second queue on the same connection starts fine.
+    let again = MessageQueue::from_connection(host.clone()).await.unwrap();
+    again.publish("orders", "t", json!(2)).await.unwrap();
+    assert_eq!(common::count(&host, "dabgent_mq_migrations").await, 1);
+}
+
+#[tokio::test]
+async fn from_connection_without_migrations_expects_the_schema_to_exist() {
+    let db = common::fresh_db("from_connection_nomigrate").await;
+    let host = common::connect(&db).await;
+    let queue =
+        MessageQueue::from_connection_with_options(host, QueueOptions::new().run_migrations(false))
+            .await
+            .unwrap();
+    let err = queue.create_stream("orders").await.unwrap_err();
+    assert!(matches!(err, MqError::Database(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_starts_apply_the_migrations_once() {
+    let db = common::fresh_db("concurrent_migrations").await;
+    let mut starts = Vec::new();
+    for _ in 0..4 {
+        let db = db.clone();
+        starts.push(tokio::spawn(async move {
+            MessageQueue::with_options(db.db_type, &db.url, QueueOptions::new().pool_size(2)).await
+        }));
+    }
+    let mut queues = Vec::new();
+    for start in starts {
+        queues.push(start.await.unwrap().unwrap());
+    }
+    let conn = queues[0].connection();
+    assert_eq!(common::count(conn, "dabgent_mq_migrations").await, 1);
+    queues[1].create_stream("s").await.unwrap();
+    queues[2].publish("s", "t", json!(1)).await.unwrap();
+}
