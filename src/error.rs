@@ -76,6 +76,27 @@ pub enum MqError {
     #[error("payload does not match the requested type: {0}")]
     Deserialize(#[source] serde_json::Error),
 
+    /// The consumer group does not exist on that stream (it is created by the first subscriber
+    /// that joins it).
+    #[error("consumer group {group:?} does not exist on stream {stream:?}")]
+    UnknownGroup {
+        /// The stream.
+        stream: String,
+        /// The group that was asked for.
+        group: String,
+    },
+
+    /// The message is not leased to this subscriber: it was never delivered to it, or it was
+    /// already acknowledged or negatively acknowledged.
+    #[error("message {0} is not leased to this subscriber")]
+    NotLeased(i64),
+
+    /// The lease on the message was lost before the call: it expired and the message was
+    /// claimed again (possibly by another member), or a cleanup released it. Nothing was
+    /// changed; the message will be, or has been, delivered again.
+    #[error("the lease on message {0} was lost; the message is delivered again")]
+    LeaseLost(i64),
+
     /// The configuration is inconsistent: a `DatabaseType` that does not match the URL, a
     /// malformed URL, an option out of range, or an unsupported database.
     #[error("invalid configuration: {0}")]

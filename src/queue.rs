@@ -1,17 +1,25 @@
 //! [`MessageQueue`]: connecting, creating streams, publishing and replaying.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionSession, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use serde_json::Value;
 use tracing::Instrument;
 
+use crate::backend::delivery;
 use crate::backend::{self, NewMessage};
 use crate::error::{MqError, Result};
+use crate::group::{Consumer, GroupStats};
 use crate::message::Message;
+use crate::notify::{Listener, Notifier};
 use crate::options::QueueOptions;
+use crate::options::SubscribeOptions;
 use crate::replay::ReplayBuilder;
+use crate::replay::{from_row, millis_to_time};
+use crate::subscriber::{Membership, Subscriber};
 use crate::topic;
 
 /// Deepest nesting of arrays and objects accepted in a payload. serde_json refuses to parse
@@ -101,6 +109,9 @@ struct Inner {
     db: DatabaseConnection,
     db_type: DatabaseType,
     options: QueueOptions,
+    notifier: Arc<Notifier>,
+    /// The LISTEN connection (PostgreSQL), started by the first subscriber.
+    listener: OnceLock<Listener>,
 }
 
 impl fmt::Debug for MessageQueue {
@@ -180,6 +191,8 @@ impl MessageQueue {
                 db,
                 db_type,
                 options,
+                notifier: Arc::new(Notifier::default()),
+                listener: OnceLock::new(),
             }),
         })
     }
@@ -285,14 +298,20 @@ impl MessageQueue {
             return Ok(Vec::new());
         }
         let prepared = self.prepare_all(messages)?;
+        let mut streams: Vec<String> = prepared.iter().map(|m| m.stream.clone()).collect();
+        streams.sort_unstable();
+        streams.dedup();
         let span = tracing::debug_span!("publish", count = prepared.len());
-        async {
+        let ids = async {
             let txn = backend::begin_write(&self.inner.db).await?;
             let result = backend::insert_messages(&txn, prepared).await;
-            finish(txn, result).await
+            backend::finish(txn, result).await
         }
         .instrument(span)
-        .await
+        .await?;
+        // Committed: wake this process's waiting subscribers now rather than at their backstop.
+        self.inner.notifier.wake(streams.iter().map(String::as_str));
+        Ok(ids)
     }
 
     /// Publishes a message inside the caller's connection or transaction (the outbox
@@ -358,7 +377,7 @@ impl MessageQueue {
         async {
             let txn = backend::begin_write(conn).await?;
             let result = backend::insert_messages(&txn, prepared).await;
-            finish(txn, result).await
+            backend::finish(txn, result).await
         }
         .instrument(span)
         .await
@@ -367,6 +386,189 @@ impl MessageQueue {
     /// Starts a replay of the stream `name`; see [`ReplayBuilder`].
     pub fn stream(&self, name: &str) -> ReplayBuilder {
         ReplayBuilder::new(self.inner.db.clone(), name.to_owned())
+    }
+
+    /// Joins the stream's default group (`"default"`) as a new member that receives the
+    /// topics matching `topics` (every topic if empty). Several plain subscribers of one stream
+    /// share its messages.
+    ///
+    /// # Errors
+    ///
+    /// [`MqError::UnknownStream`], [`MqError::InvalidPattern`], [`MqError::Database`].
+    pub async fn subscribe(&self, stream: &str, topics: Vec<String>) -> Result<Subscriber> {
+        self.subscribe_with_options(SubscribeOptions::new(stream).topics(topics))
+            .await
+    }
+
+    /// Joins a consumer group as configured by `options`. A group that does not exist yet is
+    /// created, starting at the beginning of the stream or at `from_offset`.
+    ///
+    /// # Errors
+    ///
+    /// [`MqError::UnknownStream`], [`MqError::InvalidName`], [`MqError::InvalidPattern`],
+    /// [`MqError::InvalidConfig`] for options out of range, [`MqError::Database`].
+    pub async fn subscribe_with_options(&self, options: SubscribeOptions) -> Result<Subscriber> {
+        options.validate()?;
+        let db = &self.inner.db;
+        let stream = backend::find_stream(db, &options.stream)
+            .await?
+            .ok_or_else(|| MqError::UnknownStream(options.stream.clone()))?;
+        let group_id = delivery::ensure_group(
+            db,
+            stream.id,
+            &options.group,
+            options.from_offset.unwrap_or(1),
+        )
+        .await?;
+        let consumer_id = options
+            .consumer_id
+            .clone()
+            .unwrap_or_else(generate_consumer_id);
+        delivery::register_consumer(db, stream.id, group_id, &consumer_id, &options.topics).await?;
+        if self.inner.db_type == DatabaseType::Postgres {
+            let listener = self.inner.listener.get_or_init(|| {
+                Listener::start(
+                    db.get_postgres_connection_pool().clone(),
+                    Arc::downgrade(&self.inner.notifier),
+                )
+            });
+            listener.wait_listening(Duration::from_secs(5)).await;
+        }
+        let membership = Membership {
+            stream: stream.name,
+            stream_id: stream.id,
+            group_id,
+            consumer_id,
+            patterns: options.topics.clone(),
+        };
+        Ok(Subscriber::new(self.clone(), membership, &options))
+    }
+
+    /// The dead letters of a group: messages that failed `max_attempts` times, in offset
+    /// order, with `attempt` set to the attempts they used.
+    ///
+    /// # Errors
+    ///
+    /// [`MqError::UnknownStream`], [`MqError::UnknownGroup`], [`MqError::Database`].
+    pub async fn dead_letters(&self, stream: &str, group: &str) -> Result<Vec<Message>> {
+        let (_, group_id) = self.resolve_group(stream, group).await?;
+        let rows = delivery::dead_letters(&self.inner.db, group_id).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(row, attempts)| {
+                let mut message = from_row(row, stream);
+                message.attempt = attempts;
+                message
+            })
+            .collect())
+    }
+
+    /// Makes every dead letter of a group ready for delivery again, with a fresh attempt count.
+    /// Returns how many were requeued.
+    ///
+    /// # Errors
+    ///
+    /// As [`dead_letters`](MessageQueue::dead_letters).
+    pub async fn requeue_dead_letters(&self, stream: &str, group: &str) -> Result<u64> {
+        let (_, group_id) = self.resolve_group(stream, group).await?;
+        let requeued = delivery::requeue_dead_letters(&self.inner.db, group_id).await?;
+        self.inner.notifier.wake([stream]);
+        Ok(requeued)
+    }
+
+    /// Counts of a group's messages by state, its lag, and the age of its oldest ready
+    /// message.
+    ///
+    /// # Errors
+    ///
+    /// As [`dead_letters`](MessageQueue::dead_letters).
+    pub async fn group_stats(&self, stream: &str, group: &str) -> Result<GroupStats> {
+        let (_, group_id) = self.resolve_group(stream, group).await?;
+        let db = &self.inner.db;
+        let stream_row = backend::find_stream(db, stream)
+            .await?
+            .ok_or_else(|| MqError::UnknownStream(stream.to_owned()))?;
+        let group_row = delivery::find_group(db, stream_row.id, group)
+            .await?
+            .ok_or_else(|| unknown_group(stream, group))?;
+        let counts =
+            delivery::state_counts(db, group_id, stream_row.id, group_row.materialized_offset)
+                .await?;
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        let oldest = [counts.oldest_ready_at, counts.unmaterialized_oldest]
+            .into_iter()
+            .flatten()
+            .min();
+        let ready = count(counts.ready) + count(counts.unmaterialized_ready);
+        let delayed = count(counts.delayed) + count(counts.unmaterialized_delayed);
+        let in_flight = count(counts.in_flight);
+        let dead = count(counts.dead);
+        Ok(GroupStats {
+            ready,
+            in_flight,
+            delayed,
+            dead,
+            lag: ready + delayed + in_flight + dead,
+            oldest_ready_age: (ready > 0)
+                .then(|| oldest.map(|at| Duration::from_millis(count(counts.now - at))))
+                .flatten(),
+        })
+    }
+
+    /// The registered members of a stream, in every group, by consumer id.
+    ///
+    /// # Errors
+    ///
+    /// [`MqError::UnknownStream`], [`MqError::Database`].
+    pub async fn consumers(&self, stream: &str) -> Result<Vec<Consumer>> {
+        let db = &self.inner.db;
+        let stream_row = backend::find_stream(db, stream)
+            .await?
+            .ok_or_else(|| MqError::UnknownStream(stream.to_owned()))?;
+        let rows = delivery::list_consumers(db, stream_row.id).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(row, group)| Consumer {
+                consumer_id: row.consumer_id,
+                group,
+                stream: stream.to_owned(),
+                topics: serde_json::from_value(row.patterns).unwrap_or_default(),
+                last_heartbeat: millis_to_time(row.last_heartbeat_at),
+                acked_offset: row.acked_offset,
+                registered_at: millis_to_time(row.created_at),
+            })
+            .collect())
+    }
+
+    /// Removes every member, of any stream and group, that has shown no sign of life (poll,
+    /// heartbeat) for more than `max_silence_secs` seconds, and makes the messages they held
+    /// available to the rest of their group at once. Returns how many members were removed.
+    ///
+    /// # Errors
+    ///
+    /// [`MqError::Database`].
+    pub async fn cleanup_expired_consumers(&self, max_silence_secs: u64) -> Result<u64> {
+        let silence_ms = i64::try_from(max_silence_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let removed = delivery::cleanup_expired_consumers(&self.inner.db, silence_ms).await?;
+        if removed > 0 {
+            self.inner.notifier.wake_all();
+        }
+        Ok(removed)
+    }
+
+    async fn resolve_group(&self, stream: &str, group: &str) -> Result<(i64, i64)> {
+        let db = &self.inner.db;
+        let stream_row = backend::find_stream(db, stream)
+            .await?
+            .ok_or_else(|| MqError::UnknownStream(stream.to_owned()))?;
+        let group_row = delivery::find_group(db, stream_row.id, group)
+            .await?
+            .ok_or_else(|| unknown_group(stream, group))?;
+        Ok((stream_row.id, group_row.id))
+    }
+
+    pub(crate) fn notifier(&self) -> &Notifier {
+        &self.inner.notifier
     }
 
     fn prepare_all(&self, messages: Vec<Message>) -> Result<Vec<NewMessage>> {
@@ -385,20 +587,25 @@ impl MessageQueue {
     }
 }
 
-/// Commits on success, rolls back (explicitly, rather than on drop) on failure.
-async fn finish<T>(txn: impl TransactionSession, result: Result<T>) -> Result<T> {
-    match result {
-        Ok(value) => {
-            txn.commit().await?;
-            Ok(value)
-        }
-        Err(err) => {
-            // The original error is what the caller needs; a failed rollback (say, of a broken
-            // connection) is discarded with the transaction anyway.
-            let _ = txn.rollback().await;
-            Err(err)
-        }
+fn unknown_group(stream: &str, group: &str) -> MqError {
+    MqError::UnknownGroup {
+        stream: stream.to_owned(),
+        group: group.to_owned(),
     }
+}
+
+/// A consumer id unique across processes and restarts: process id, start time, counter.
+fn generate_consumer_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "consumer-{}-{:x}-{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Validates a message and turns it into a row to write. No database call.

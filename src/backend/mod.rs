@@ -4,6 +4,7 @@
 //! words live in the twin modules [`postgres`] and [`sqlite`], which have the same function
 //! names. Dispatch on the backend happens here, once per operation.
 
+pub(crate) mod delivery;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
@@ -18,7 +19,7 @@ use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynch
 use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, RuntimeErr, SqliteTransactionMode,
-    TransactionOptions, TransactionTrait,
+    TransactionOptions, TransactionSession, TransactionTrait,
 };
 use serde_json::Value;
 
@@ -151,6 +152,22 @@ pub(crate) async fn begin_write<C: TransactionTrait>(conn: &C) -> Result<C::Tran
             ..Default::default()
         })
         .await?)
+}
+
+/// Commits on success, rolls back (explicitly, rather than on drop) on failure.
+pub(crate) async fn finish<T>(txn: impl TransactionSession, result: Result<T>) -> Result<T> {
+    match result {
+        Ok(value) => {
+            txn.commit().await?;
+            Ok(value)
+        }
+        Err(err) => {
+            // The original error is what the caller needs; a failed rollback (say, of a broken
+            // connection) is discarded with the transaction anyway.
+            let _ = txn.rollback().await;
+            Err(err)
+        }
+    }
 }
 
 fn now_ms(backend: DbBackend) -> Expr {
@@ -373,5 +390,13 @@ pub(crate) fn is_transient(err: &DbErr) -> bool {
             }
         }
         _ => false,
+    }
+}
+
+/// The SQL form of a topic pattern for this backend's match operator.
+pub(crate) fn pattern_to_sql(backend: DbBackend, pattern: &str) -> String {
+    match backend {
+        DbBackend::Postgres => postgres::pattern_to_sql(pattern),
+        _ => sqlite::pattern_to_sql(pattern),
     }
 }

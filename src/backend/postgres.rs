@@ -5,7 +5,10 @@
 //! `pg_notify`, which PostgreSQL delivers only when the transaction commits.
 //! Same function names, in the same order, as `sqlite.rs`.
 
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement};
+
+use super::delivery::{ClaimRequest, Claimed};
+use crate::error::MqError;
 
 /// Epoch milliseconds by the server's clock. `statement_timestamp()` is fixed for one
 /// statement, so every row of a multi-row insert gets the same time, and unlike `now()` it
@@ -74,4 +77,91 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
         ))
         .await?;
     row.map_or(Ok(false), |row| row.try_get_by_index::<bool>(0))
+}
+
+/// Leases up to `req.limit` ready rows of the group and returns them with their messages, in
+/// claim order, in one statement.
+///
+/// Concurrency: the `MATERIALIZED` CTE picks and locks candidate rows with `FOR UPDATE SKIP
+/// LOCKED`, so concurrent claimers never wait for or share a row, and the CTE runs exactly
+/// once (the `WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)` form can claim more than
+/// n rows, PostgreSQL bug #15715). The `UPDATE` re-checks that each row is still ready before
+/// leasing it and increments its lease token, which fences every later ack and extension.
+pub(crate) async fn claim<C: ConnectionTrait>(
+    conn: &C,
+    req: &ClaimRequest<'_>,
+) -> Result<Vec<Claimed>, MqError> {
+    let mut values: Vec<sea_orm::Value> = vec![
+        req.group_id.into(),
+        req.from_offset.into(),
+        i64::from(req.limit).into(),
+        req.visibility_ms.into(),
+        req.consumer_id.into(),
+    ];
+    let filter = topic_filter(req.sql_patterns, &mut values);
+    let sql = format!(
+        "WITH c AS MATERIALIZED ( \
+            SELECT message_id FROM mq_deliveries \
+            WHERE group_id = $1 AND state = 0 AND available_at <= {NOW_MS} \
+              AND stream_offset >= $2{filter} \
+            ORDER BY priority DESC, stream_offset \
+            LIMIT $3 \
+            FOR UPDATE SKIP LOCKED \
+         ), u AS ( \
+            UPDATE mq_deliveries d \
+            SET state = 1, attempts = d.attempts + 1, \
+                lease_token = COALESCE(d.lease_token, 0) + 1, \
+                lease_expires_at = {NOW_MS} + $4, consumer_id = $5 \
+            FROM c \
+            WHERE d.group_id = $1 AND d.message_id = c.message_id AND d.state = 0 \
+            RETURNING d.message_id, d.attempts, d.lease_token \
+         ) \
+         SELECT m.id, m.stream_id, m.stream_offset, m.topic, m.payload, m.priority, \
+                m.created_at, m.deliver_at, u.attempts, u.lease_token \
+         FROM u JOIN mq_messages m ON m.id = u.message_id \
+         ORDER BY m.priority DESC, m.stream_offset"
+    );
+    let rows = conn
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            values,
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Claimed {
+                message: entity::message::Model::from_query_result(row, "")?,
+                attempts: row.try_get("", "attempts")?,
+                lease_token: row.try_get("", "lease_token")?,
+            })
+        })
+        .collect()
+}
+
+/// ` AND (topic LIKE $6 ESCAPE '\' OR ...)` for the patterns, binding them after `values`;
+/// empty when every topic is wanted.
+fn topic_filter(patterns: Option<&[String]>, values: &mut Vec<sea_orm::Value>) -> String {
+    let Some(patterns) = patterns else {
+        return String::new();
+    };
+    let mut filter = String::from(" AND (");
+    for (i, pattern) in patterns.iter().enumerate() {
+        if i > 0 {
+            filter.push_str(" OR ");
+        }
+        values.push(pattern.as_str().into());
+        filter.push_str(&format!(r"topic LIKE ${} ESCAPE '\'", values.len()));
+    }
+    filter.push(')');
+    filter
+}
+
+/// A dedicated connection from `pool`, listening on [`NOTIFY_CHANNEL`].
+pub(crate) async fn listen(
+    pool: &sea_orm::sqlx::PgPool,
+) -> Result<sea_orm::sqlx::postgres::PgListener, sea_orm::sqlx::Error> {
+    let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen(NOTIFY_CHANNEL).await?;
+    Ok(listener)
 }

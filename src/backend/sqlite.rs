@@ -8,6 +8,9 @@
 
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 
+use super::delivery::{ClaimRequest, Claimed, load_claimed};
+use crate::error::MqError;
+
 /// Epoch milliseconds by the application host's clock. `'now'` is fixed for one statement.
 /// (`julianday` works on every SQLite version; `unixepoch('subsec')` needs 3.42.)
 pub(crate) const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
@@ -53,4 +56,72 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
         ))
         .await?;
     row.map_or(Ok(false), |row| row.try_get_by_index::<bool>(0))
+}
+
+/// Leases up to `req.limit` ready rows of the group and returns them with their messages, in
+/// claim order.
+///
+/// Concurrency: runs inside the caller's `BEGIN IMMEDIATE` transaction, so no other writer can
+/// interleave; the subquery's `LIMIT` is therefore exact (there is no SKIP LOCKED to misbehave)
+/// and one `UPDATE ... RETURNING` leases the rows and increments their lease tokens.
+pub(crate) async fn claim<C: ConnectionTrait>(
+    conn: &C,
+    req: &ClaimRequest<'_>,
+) -> Result<Vec<Claimed>, MqError> {
+    let mut values: Vec<sea_orm::Value> = vec![
+        req.group_id.into(),
+        req.from_offset.into(),
+        i64::from(req.limit).into(),
+        req.visibility_ms.into(),
+        req.consumer_id.into(),
+    ];
+    let filter = topic_filter(req.sql_patterns, &mut values);
+    let sql = format!(
+        "UPDATE mq_deliveries \
+         SET state = 1, attempts = attempts + 1, lease_token = COALESCE(lease_token, 0) + 1, \
+             lease_expires_at = {NOW_MS} + ?4, consumer_id = ?5 \
+         WHERE group_id = ?1 AND state = 0 AND message_id IN ( \
+            SELECT message_id FROM mq_deliveries \
+            WHERE group_id = ?1 AND state = 0 AND available_at <= {NOW_MS} \
+              AND stream_offset >= ?2{filter} \
+            ORDER BY priority DESC, stream_offset \
+            LIMIT ?3) \
+         RETURNING message_id, attempts, lease_token"
+    );
+    let rows = conn
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            sql,
+            values,
+        ))
+        .await?;
+    let leases = rows
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get_by_index::<i64>(0)?,
+                row.try_get_by_index::<i32>(1)?,
+                row.try_get_by_index::<i64>(2)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, DbErr>>()?;
+    load_claimed(conn, leases).await
+}
+
+/// ` AND (topic GLOB ?6 OR ...)` for the patterns, binding them after `values`; empty when
+/// every topic is wanted.
+fn topic_filter(patterns: Option<&[String]>, values: &mut Vec<sea_orm::Value>) -> String {
+    let Some(patterns) = patterns else {
+        return String::new();
+    };
+    let mut filter = String::from(" AND (");
+    for (i, pattern) in patterns.iter().enumerate() {
+        if i > 0 {
+            filter.push_str(" OR ");
+        }
+        values.push(pattern.as_str().into());
+        filter.push_str(&format!("topic GLOB ?{}", values.len()));
+    }
+    filter.push(')');
+    filter
 }

@@ -16,6 +16,7 @@
 
 mod common;
 mod connect;
+mod consume;
 mod migrations;
 mod publish;
 mod replay;

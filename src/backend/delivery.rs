@@ -1,0 +1,737 @@
+//! Consumer groups, delivery state, leases and the member registry: the portable statements.
+//!
+//! Delivery rows are filled lazily: publishing writes only the log, and a claimer that finds
+//! its group behind the head of the stream first inserts the missing delivery rows in one
+//! `INSERT ... SELECT` under the group row's lock ("materializing"), so a publish stays one row
+//! per message and priorities are exact among everything published before the claim.
+//!
+//! States of a delivery row: 0 ready, 1 leased, 2 dead letter. Acknowledged rows are deleted;
+//! the log keeps the message for replay. Every change to a leased row is fenced by its lease
+//! token, which each claim increments, so a stale holder cannot ack, nack or extend a lease
+//! that has since been given to someone else.
+
+use entity::{consumer, consumer_group, delivery, message, stream};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, LockType, OnConflict, Query};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    TransactionTrait,
+};
+use serde_json::Value;
+
+use super::{begin_write, now_ms, postgres, sqlite};
+use crate::error::Result;
+
+/// Ready for delivery (once `available_at` has passed).
+pub(crate) const READY: i16 = 0;
+/// Held under a lease.
+pub(crate) const LEASED: i16 = 1;
+/// Failed `max_attempts` times; kept until requeued.
+pub(crate) const DEAD: i16 = 2;
+
+/// Most delivery rows one materializing statement inserts; a long backlog is caught up in
+/// several statements of this size inside one transaction.
+const MATERIALIZE_CHUNK: i64 = 10_000;
+
+/// What a claim asks for.
+#[derive(Debug)]
+pub(crate) struct ClaimRequest<'a> {
+    pub(crate) group_id: i64,
+    pub(crate) stream_id: i64,
+    pub(crate) consumer_id: &'a str,
+    /// Topic patterns in their SQL form; `None` means every topic.
+    pub(crate) sql_patterns: Option<&'a [String]>,
+    pub(crate) from_offset: i64,
+    pub(crate) limit: u32,
+    pub(crate) visibility_ms: i64,
+    pub(crate) max_attempts: i32,
+}
+
+/// A claimed message with its lease.
+#[derive(Debug)]
+pub(crate) struct Claimed {
+    pub(crate) message: message::Model,
+    pub(crate) attempts: i32,
+    pub(crate) lease_token: i64,
+}
+
+/// Creates the group unless it exists and returns its id. A new group starts at
+/// `start_offset` (messages below it are never delivered to it).
+pub(crate) async fn ensure_group<C: ConnectionTrait>(
+    conn: &C,
+    stream_id: i64,
+    name: &str,
+    start_offset: i64,
+) -> Result<i64> {
+    let backend = conn.get_database_backend();
+    let insert = Query::insert()
+        .into_table(consumer_group::Entity)
+        .columns([
+            consumer_group::Column::StreamId,
+            consumer_group::Column::Name,
+            consumer_group::Column::MaterializedOffset,
+            consumer_group::Column::CreatedAt,
+        ])
+        .values([
+            stream_id.into(),
+            name.into(),
+            (Ord::max(start_offset, 1) - 1).into(),
+            now_ms(backend),
+        ])
+        .map_err(|e| DbErr::Custom(e.to_string()))?
+        .on_conflict(
+            OnConflict::columns([
+                consumer_group::Column::StreamId,
+                consumer_group::Column::Name,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .to_owned();
+    conn.execute(&insert).await?;
+    let group = find_group(conn, stream_id, name)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("consumer group {name}")))?;
+    Ok(group.id)
+}
+
+/// The group `name` of a stream, if it exists.
+pub(crate) async fn find_group<C: ConnectionTrait>(
+    conn: &C,
+    stream_id: i64,
+    name: &str,
+) -> Result<Option<consumer_group::Model>> {
+    Ok(consumer_group::Entity::find()
+        .filter(consumer_group::Column::StreamId.eq(stream_id))
+        .filter(consumer_group::Column::Name.eq(name))
+        .one(conn)
+        .await?)
+}
+
+/// Registers a member, or refreshes its patterns and heartbeat if it is already registered.
+pub(crate) async fn register_consumer<C: ConnectionTrait>(
+    conn: &C,
+    stream_id: i64,
+    group_id: i64,
+    consumer_id: &str,
+    patterns: &[String],
+) -> Result<()> {
+    let backend = conn.get_database_backend();
+    let patterns = Value::from(patterns.to_vec());
+    let insert = Query::insert()
+        .into_table(consumer::Entity)
+        .columns([
+            consumer::Column::StreamId,
+            consumer::Column::GroupId,
+            consumer::Column::ConsumerId,
+            consumer::Column::Patterns,
+            consumer::Column::LastHeartbeatAt,
+            consumer::Column::AckedOffset,
+            consumer::Column::CreatedAt,
+        ])
+        .values([
+            stream_id.into(),
+            group_id.into(),
+            consumer_id.into(),
+            Expr::val(patterns),
+            now_ms(backend),
+            0i64.into(),
+            now_ms(backend),
+        ])
+        .map_err(|e| DbErr::Custom(e.to_string()))?
+        .on_conflict(
+            OnConflict::columns([consumer::Column::GroupId, consumer::Column::ConsumerId])
+                .update_columns([
+                    consumer::Column::Patterns,
+                    consumer::Column::LastHeartbeatAt,
+                ])
+                .to_owned(),
+        )
+        .to_owned();
+    conn.execute(&insert).await?;
+    Ok(())
+}
+
+/// Marks a member alive and records the highest offset it has acknowledged. Returns whether
+/// the member is still registered (a cleanup may have removed it).
+pub(crate) async fn touch_consumer<C: ConnectionTrait>(
+    conn: &C,
+    group_id: i64,
+    consumer_id: &str,
+    acked_offset: i64,
+) -> Result<bool> {
+    let backend = conn.get_database_backend();
+    let update = Query::update()
+        .table(consumer::Entity)
+        .value(consumer::Column::LastHeartbeatAt, now_ms(backend))
+        .value(
+            consumer::Column::AckedOffset,
+            Expr::case(
+                Expr::col(consumer::Column::AckedOffset).lt(acked_offset),
+                acked_offset,
+            )
+            .finally(Expr::col(consumer::Column::AckedOffset)),
+        )
+        .and_where(Expr::col(consumer::Column::GroupId).eq(group_id))
+        .and_where(Expr::col(consumer::Column::ConsumerId).eq(consumer_id))
+        .to_owned();
+    Ok(conn.execute(&update).await?.rows_affected() > 0)
+}
+
+/// Claims up to `req.limit` ready messages for a member: catches the group up with the head
+/// of the stream, returns expired leases to the ready set, then leases the best ready rows
+/// (priority, then offset). Results are in claim order.
+pub(crate) async fn claim<C>(conn: &C, req: &ClaimRequest<'_>) -> Result<Vec<Claimed>>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    match conn.get_database_backend() {
+        DbBackend::Postgres => {
+            // Each step is one autocommit statement (materializing, a short transaction);
+            // the claim itself is safe against concurrent claimers by SKIP LOCKED.
+            materialize(conn, req.group_id, req.stream_id).await?;
+            reap_expired(conn, req.group_id, req.max_attempts).await?;
+            postgres::claim(conn, req).await
+        }
+        _ => {
+            // SQLite has one writer at a time: take the write lock once for all three steps.
+            let txn = begin_write(conn).await?;
+            let result = async {
+                materialize(&txn, req.group_id, req.stream_id).await?;
+                reap_expired(&txn, req.group_id, req.max_attempts).await?;
+                sqlite::claim(&txn, req).await
+            }
+            .await;
+            super::finish(txn, result).await
+        }
+    }
+}
+
+/// Inserts the delivery rows of every message the group has not seen yet, up to the committed
+/// head of the stream. Cheap when the group is caught up (one indexed read).
+///
+/// Concurrency: the group row is locked (`FOR UPDATE` on PostgreSQL; SQLite's write lock),
+/// so one materializer per group runs at a time, and it reads the head after taking the lock.
+/// The head is only ever read as committed, and a publisher updates it in the same
+/// transaction as its messages, so every offset up to it is visible.
+async fn materialize<C>(conn: &C, group_id: i64, stream_id: i64) -> Result<()>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    let (materialized, head) = group_position(conn, group_id).await?;
+    if materialized >= head {
+        return Ok(());
+    }
+    let txn = conn.begin().await?;
+    let result = async {
+        let locked = Query::select()
+            .column(consumer_group::Column::MaterializedOffset)
+            .from(consumer_group::Entity)
+            .and_where(Expr::col(consumer_group::Column::Id).eq(group_id))
+            .lock(LockType::Update)
+            .to_owned();
+        let Some(row) = txn.query_one(&locked).await? else {
+            return Ok(());
+        };
+        let mut from: i64 = row.try_get_by_index(0)?;
+        let head = stream::Entity::find_by_id(stream_id)
+            .one(&txn)
+            .await?
+            .map_or(0, |s| s.last_offset);
+        while from < head {
+            let to = Ord::min(head, from.saturating_add(MATERIALIZE_CHUNK));
+            let select = Query::select()
+                .expr(Expr::val(group_id))
+                .column(message::Column::Id)
+                .column(message::Column::StreamOffset)
+                .column(message::Column::Priority)
+                .column(message::Column::Topic)
+                .expr(Expr::val(READY))
+                .expr(Expr::val(0i32))
+                .column(message::Column::DeliverAt)
+                .from(message::Entity)
+                .and_where(Expr::col(message::Column::StreamId).eq(stream_id))
+                .and_where(Expr::col(message::Column::StreamOffset).gt(from))
+                .and_where(Expr::col(message::Column::StreamOffset).lte(to))
+                .to_owned();
+            let insert = Query::insert()
+                .into_table(delivery::Entity)
+                .columns([
+                    delivery::Column::GroupId,
+                    delivery::Column::MessageId,
+                    delivery::Column::StreamOffset,
+                    delivery::Column::Priority,
+                    delivery::Column::Topic,
+                    delivery::Column::State,
+                    delivery::Column::Attempts,
+                    delivery::Column::AvailableAt,
+                ])
+                .select_from(select)
+                .map_err(|e| DbErr::Custom(e.to_string()))?
+                .on_conflict(
+                    OnConflict::columns([delivery::Column::GroupId, delivery::Column::MessageId])
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .to_owned();
+            txn.execute(&insert).await?;
+            from = to;
+        }
+        let advance = Query::update()
+            .table(consumer_group::Entity)
+            .value(consumer_group::Column::MaterializedOffset, from)
+            .and_where(Expr::col(consumer_group::Column::Id).eq(group_id))
+            .and_where(Expr::col(consumer_group::Column::MaterializedOffset).lt(from))
+            .to_owned();
+        txn.execute(&advance).await?;
+        Ok(())
+    }
+    .await;
+    super::finish(txn, result).await
+}
+
+/// The group's materialized offset and the committed head of its stream.
+async fn group_position<C: ConnectionTrait>(conn: &C, group_id: i64) -> Result<(i64, i64)> {
+    let select = Query::select()
+        .column((
+            consumer_group::Entity,
+            consumer_group::Column::MaterializedOffset,
+        ))
+        .column((stream::Entity, stream::Column::LastOffset))
+        .from(consumer_group::Entity)
+        .inner_join(
+            stream::Entity,
+            Expr::col((stream::Entity, stream::Column::Id))
+                .equals((consumer_group::Entity, consumer_group::Column::StreamId)),
+        )
+        .and_where(Expr::col((consumer_group::Entity, consumer_group::Column::Id)).eq(group_id))
+        .to_owned();
+    match conn.query_one(&select).await? {
+        Some(row) => Ok((row.try_get_by_index(0)?, row.try_get_by_index(1)?)),
+        None => Ok((0, 0)),
+    }
+}
+
+/// Returns the group's expired leases to the ready set (or to the dead letters once they have
+/// used `max_attempts`). The attempt was counted when the lease was taken.
+///
+/// Concurrency: a plain `UPDATE ... WHERE state = leased AND lease_expires_at <= now`; two
+/// reapers racing on a row serialize on its lock and the second finds it no longer leased.
+async fn reap_expired<C: ConnectionTrait>(
+    conn: &C,
+    group_id: i64,
+    max_attempts: i32,
+) -> Result<u64> {
+    let backend = conn.get_database_backend();
+    let update = Query::update()
+        .table(delivery::Entity)
+        .value(
+            delivery::Column::State,
+            Expr::case(
+                Expr::col(delivery::Column::Attempts).gte(max_attempts),
+                DEAD,
+            )
+            .finally(READY),
+        )
+        .value(delivery::Column::LeaseExpiresAt, Expr::null())
+        .value(delivery::Column::ConsumerId, Expr::null())
+        .value(delivery::Column::AvailableAt, now_ms(backend))
+        .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
+        .and_where(Expr::col(delivery::Column::State).eq(LEASED))
+        .and_where(Expr::col(delivery::Column::LeaseExpiresAt).lte(now_ms(backend)))
+        .to_owned();
+    Ok(conn.execute(&update).await?.rows_affected())
+}
+
+/// Deletes (acknowledges) the given leases; returns the message ids whose lease was still
+/// held. Fenced: a row whose token changed (re-claimed by someone else) is left alone.
+pub(crate) async fn ack<C: ConnectionTrait>(
+    conn: &C,
+    group_id: i64,
+    leases: &[(i64, i64)],
+) -> Result<Vec<i64>> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let delete = Query::delete()
+        .from_table(delivery::Entity)
+        .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
+        .and_where(Expr::col(delivery::Column::State).eq(LEASED))
+        .and_where(
+            Expr::tuple([
+                Expr::col(delivery::Column::MessageId),
+                Expr::col(delivery::Column::LeaseToken),
+            ])
+            .in_tuples(leases.iter().copied()),
+        )
+        .returning_col(delivery::Column::MessageId)
+        .to_owned();
+    let rows = conn.query_all(&delete).await?;
+    rows.iter()
+        .map(|row| row.try_get_by_index::<i64>(0).map_err(Into::into))
+        .collect()
+}
+
+/// Releases a lease: the message becomes ready again after `backoff_ms`, or a dead letter
+/// if it has used `max_attempts`. Returns whether the lease was still held.
+pub(crate) async fn nack<C: ConnectionTrait>(
+    conn: &C,
+    group_id: i64,
+    lease: (i64, i64),
+    max_attempts: i32,
+    backoff_ms: i64,
+) -> Result<bool> {
+    let backend = conn.get_database_backend();
+    let update = Query::update()
+        .table(delivery::Entity)
+        .value(
+            delivery::Column::State,
+            Expr::case(
+                Expr::col(delivery::Column::Attempts).gte(max_attempts),
+                DEAD,
+            )
+            .finally(READY),
+        )
+        .value(delivery::Column::LeaseExpiresAt, Expr::null())
+        .value(delivery::Column::ConsumerId, Expr::null())
+        .value(
+            delivery::Column::AvailableAt,
+            now_ms(backend).add(backoff_ms),
+        )
+        .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
+        .and_where(Expr::col(delivery::Column::MessageId).eq(lease.0))
+        .and_where(Expr::col(delivery::Column::State).eq(LEASED))
+        .and_where(Expr::col(delivery::Column::LeaseToken).eq(lease.1))
+        .to_owned();
+    Ok(conn.execute(&update).await?.rows_affected() == 1)
+}
+
+/// Extends the given leases to `visibility_ms` from now; returns the message ids whose lease
+/// was still held (fenced by token, as `ack`).
+pub(crate) async fn extend_leases<C: ConnectionTrait>(
+    conn: &C,
+    group_id: i64,
+    leases: &[(i64, i64)],
+    visibility_ms: i64,
+) -> Result<Vec<i64>> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let backend = conn.get_database_backend();
+    let update = Query::update()
+        .table(delivery::Entity)
+        .value(
+            delivery::Column::LeaseExpiresAt,
+            now_ms(backend).add(visibility_ms),
+        )
+        .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
+        .and_where(Expr::col(delivery::Column::State).eq(LEASED))
+        .and_where(
+            Expr::tuple([
+                Expr::col(delivery::Column::MessageId),
+                Expr::col(delivery::Column::LeaseToken),
+            ])
+            .in_tuples(leases.iter().copied()),
+        )
+        .returning_col(delivery::Column::MessageId)
+        .to_owned();
+    let rows = conn.query_all(&update).await?;
+    rows.iter()
+        .map(|row| row.try_get_by_index::<i64>(0).map_err(Into::into))
+        .collect()
+}
+
+/// Gives up the given leases at once (a subscriber that is going away): the messages become
+/// ready again without waiting for the leases to expire.
+pub(crate) async fn release_leases<C: ConnectionTrait>(
+    conn: &C,
+    group_id: i64,
+    leases: &[(i64, i64)],
+) -> Result<u64> {
+    if leases.is_empty() {
+        return Ok(0);
+    }
+    let backend = conn.get_database_backend();
+    let update = Query::update()
+        .table(delivery::Entity)
+        .value(delivery::Column::State, READY)
+        .value(delivery::Column::LeaseExpiresAt, Expr::null())
+        .value(delivery::Column::ConsumerId, Expr::null())
+        .value(delivery::Column::AvailableAt, now_ms(backend))
+        .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
+        .and_where(Expr::col(delivery::Column::State).eq(LEASED))
+        .and_where(
+            Expr::tuple([
+                Expr::col(delivery::Column::MessageId),
+                Expr::col(delivery::Column::LeaseToken),
+            ])
+            .in_tuples(leases.iter().copied()),
+        )
+        .to_owned();
+    Ok(conn.execute(&update).await?.rows_affected())
+}
+
+/// Removes the members of any stream whose last heartbeat is older than `max_silence_ms` and
+/// makes the messages they held ready again at once. Returns how many members were removed.
+pub(crate) async fn cleanup_expired_consumers<C>(conn: &C, max_silence_ms: i64) -> Result<u64>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    let backend = conn.get_database_backend();
+    let txn = begin_write(conn).await?;
+    let result = async {
+        let delete = Query::delete()
+            .from_table(consumer::Entity)
+            .and_where(
+                Expr::col(consumer::Column::LastHeartbeatAt)
+                    .lt(now_ms(backend).sub(max_silence_ms)),
+            )
+            .returning(
+                Query::returning()
+                    .columns([consumer::Column::GroupId, consumer::Column::ConsumerId]),
+            )
+            .to_owned();
+        let removed = txn.query_all(&delete).await?;
+        for row in &removed {
+            let group_id: i64 = row.try_get_by_index(0)?;
+            let consumer_id: String = row.try_get_by_index(1)?;
+            let release = Query::update()
+                .table(delivery::Entity)
+                .value(delivery::Column::State, READY)
+                .value(delivery::Column::LeaseExpiresAt, Expr::null())
+                .value(delivery::Column::ConsumerId, Expr::null())
+                .value(delivery::Column::AvailableAt, now_ms(backend))
+                .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
+                .and_where(Expr::col(delivery::Column::State).eq(LEASED))
+                .and_where(Expr::col(delivery::Column::ConsumerId).eq(consumer_id))
+                .to_owned();
+            txn.execute(&release).await?;
+        }
+        Ok(u64::try_from(removed.len()).unwrap_or(u64::MAX))
+    }
+    .await;
+    super::finish(txn, result).await
+}
+
+/// The dead letters of a group, in offset order, with their attempt counts.
+pub(crate) async fn dead_letters<C: ConnectionTrait>(
+    conn: &C,
+    group_id: i64,
+) -> Result<Vec<(message::Model, i32)>> {
+    let rows = delivery::Entity::find()
+        .filter(delivery::Column::GroupId.eq(group_id))
+        .filter(delivery::Column::State.eq(DEAD))
+        .order_by_asc(delivery::Column::StreamOffset)
+        .all(conn)
+        .await?;
+    let ids: Vec<i64> = rows.iter().map(|d| d.message_id).collect();
+    let mut messages = message::Entity::find()
+        .filter(message::Column::Id.is_in(ids))
+        .order_by_asc(message::Column::StreamOffset)
+        .all(conn)
+        .await?;
+    let attempts: std::collections::HashMap<i64, i32> =
+        rows.iter().map(|d| (d.message_id, d.attempts)).collect();
+    Ok(messages
+        .drain(..)
+        .map(|m| {
+            let n = attempts.get(&m.id).copied().unwrap_or_default();
+            (m, n)
+        })
+        .collect())
+}
+
+/// Makes every dead letter of a group ready again with a fresh attempt count; returns how
+/// many. Lease tokens keep counting, so a holder from before cannot act on the new claims.
+pub(crate) async fn requeue_dead_letters<C: ConnectionTrait>(
+    conn: &C,
+    group_id: i64,
+) -> Result<u64> {
+    let backend = conn.get_database_backend();
+    let update = Query::update()
+        .table(delivery::Entity)
+        .value(delivery::Column::State, READY)
+        .value(delivery::Column::Attempts, 0)
+        .value(delivery::Column::AvailableAt, now_ms(backend))
+        .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
+        .and_where(Expr::col(delivery::Column::State).eq(DEAD))
+        .to_owned();
+    Ok(conn.execute(&update).await?.rows_affected())
+}
+
+/// Counts of a group's delivery states, by the database's clock.
+#[derive(Debug, Default)]
+pub(crate) struct StateCounts {
+    pub(crate) ready: i64,
+    pub(crate) in_flight: i64,
+    pub(crate) delayed: i64,
+    pub(crate) dead: i64,
+    pub(crate) oldest_ready_at: Option<i64>,
+    pub(crate) now: i64,
+    /// Messages above the group's materialized offset: published, not yet materialized.
+    pub(crate) unmaterialized_ready: i64,
+    pub(crate) unmaterialized_delayed: i64,
+    pub(crate) unmaterialized_oldest: Option<i64>,
+}
+
+/// Reads the state counts of a group without changing anything.
+pub(crate) async fn state_counts<C: ConnectionTrait>(
+    conn: &C,
+    group_id: i64,
+    stream_id: i64,
+    materialized_offset: i64,
+) -> Result<StateCounts> {
+    let backend = conn.get_database_backend();
+    let now_alias = Alias::new("now_ms");
+    let now_row = conn
+        .query_one(
+            &Query::select()
+                .expr_as(now_ms(backend), now_alias)
+                .to_owned(),
+        )
+        .await?;
+    let now: i64 = match now_row {
+        Some(row) => row.try_get_by_index(0)?,
+        None => 0,
+    };
+    let count_where = |state: i16, extra: Option<Expr>| {
+        let mut select = Query::select();
+        select
+            .expr(Expr::col(delivery::Column::MessageId).count())
+            .expr(Expr::col(delivery::Column::AvailableAt).min())
+            .from(delivery::Entity)
+            .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
+            .and_where(Expr::col(delivery::Column::State).eq(state));
+        if let Some(extra) = extra {
+            select.and_where(extra);
+        }
+        select.to_owned()
+    };
+    let mut counts = StateCounts {
+        now,
+        ..StateCounts::default()
+    };
+    let read = |row: Option<sea_orm::QueryResult>| -> Result<(i64, Option<i64>)> {
+        match row {
+            Some(row) => Ok((
+                row.try_get_by_index(0)?,
+                row.try_get_by_index::<Option<i64>>(1)?,
+            )),
+            None => Ok((0, None)),
+        }
+    };
+    let ready = read(
+        conn.query_one(&count_where(
+            READY,
+            Some(Expr::col(delivery::Column::AvailableAt).lte(now)),
+        ))
+        .await?,
+    )?;
+    counts.ready = ready.0;
+    counts.oldest_ready_at = ready.1;
+    counts.delayed = read(
+        conn.query_one(&count_where(
+            READY,
+            Some(Expr::col(delivery::Column::AvailableAt).gt(now)),
+        ))
+        .await?,
+    )?
+    .0;
+    counts.in_flight = read(conn.query_one(&count_where(LEASED, None)).await?)?.0;
+    counts.dead = read(conn.query_one(&count_where(DEAD, None)).await?)?.0;
+
+    let pending = |due: bool| {
+        let mut select = Query::select();
+        select
+            .expr(Expr::col(message::Column::Id).count())
+            .expr(Expr::col(message::Column::DeliverAt).min())
+            .from(message::Entity)
+            .and_where(Expr::col(message::Column::StreamId).eq(stream_id))
+            .and_where(Expr::col(message::Column::StreamOffset).gt(materialized_offset));
+        if due {
+            select.and_where(Expr::col(message::Column::DeliverAt).lte(now));
+        } else {
+            select.and_where(Expr::col(message::Column::DeliverAt).gt(now));
+        }
+        select.to_owned()
+    };
+    let due = read(conn.query_one(&pending(true)).await?)?;
+    counts.unmaterialized_ready = due.0;
+    counts.unmaterialized_oldest = due.1;
+    counts.unmaterialized_delayed = read(conn.query_one(&pending(false)).await?)?.0;
+    Ok(counts)
+}
+
+/// The registered members of a stream, with their group names, by consumer id.
+pub(crate) async fn list_consumers<C: ConnectionTrait>(
+    conn: &C,
+    stream_id: i64,
+) -> Result<Vec<(consumer::Model, String)>> {
+    let members = consumer::Entity::find()
+        .filter(consumer::Column::StreamId.eq(stream_id))
+        .order_by_asc(consumer::Column::ConsumerId)
+        .all(conn)
+        .await?;
+    let groups: std::collections::HashMap<i64, String> = consumer_group::Entity::find()
+        .filter(consumer_group::Column::StreamId.eq(stream_id))
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|g| (g.id, g.name))
+        .collect();
+    Ok(members
+        .into_iter()
+        .map(|m| {
+            let group = groups.get(&m.group_id).cloned().unwrap_or_default();
+            (m, group)
+        })
+        .collect())
+}
+
+/// Reads the claimed messages' rows and pairs them with their leases, in claim order
+/// (priority, then offset). Shared by both dialects' claims.
+pub(crate) async fn load_claimed<C: ConnectionTrait>(
+    conn: &C,
+    leases: Vec<(i64, i32, i64)>,
+) -> Result<Vec<Claimed>> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = leases.iter().map(|l| l.0).collect();
+    let messages = message::Entity::find()
+        .filter(message::Column::Id.is_in(ids))
+        .all(conn)
+        .await?;
+    let by_id: std::collections::HashMap<i64, (i32, i64)> =
+        leases.into_iter().map(|(id, a, t)| (id, (a, t))).collect();
+    let mut claimed: Vec<Claimed> = messages
+        .into_iter()
+        .filter_map(|m| {
+            by_id.get(&m.id).map(|&(attempts, lease_token)| Claimed {
+                message: m,
+                attempts,
+                lease_token,
+            })
+        })
+        .collect();
+    claimed.sort_by(|a, b| {
+        b.message
+            .priority
+            .cmp(&a.message.priority)
+            .then(a.message.stream_offset.cmp(&b.message.stream_offset))
+    });
+    Ok(claimed)
+}
+
+/// Removes a member's registration (it is going away); its leases are released separately.
+pub(crate) async fn remove_consumer<C: ConnectionTrait>(
+    conn: &C,
+    group_id: i64,
+    consumer_id: &str,
+) -> Result<()> {
+    consumer::Entity::delete_many()
+        .filter(consumer::Column::GroupId.eq(group_id))
+        .filter(consumer::Column::ConsumerId.eq(consumer_id))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
