@@ -18,6 +18,8 @@ mod common;
 mod connect;
 mod consume;
 mod migrations;
+mod processes;
 mod publish;
 mod replay;
 mod topics;
+mod wakeups;
