@@ -227,22 +227,7 @@ impl Subscriber {
     /// already settled); [`MqError::LeaseLost`] if its lease expired and the message was
     /// claimed again, or released by a cleanup, in which case nothing changes.
     pub async fn ack(&self, id: i64) -> Result<()> {
-        let span = tracing::debug_span!("ack", message = id);
-        async {
-            let lease = self.member.lease(id)?;
-            let acked =
-                delivery::ack(&self.member.db, self.member.group_id, &[(id, lease.token)]).await?;
-            self.member.leases().remove(&id);
-            if acked.is_empty() {
-                return Err(MqError::LeaseLost(id));
-            }
-            self.member
-                .acked_offset
-                .fetch_max(lease.offset, Ordering::Relaxed);
-            Ok(())
-        }
-        .instrument(span)
-        .await
+        self.member.ack(id).await
     }
 
     /// Acknowledges many messages in one round trip.
@@ -337,21 +322,20 @@ impl Subscriber {
                 }
             }
         });
+        let unacked = Arc::new(Mutex::new(None::<i64>));
+        let last_yielded = unacked.clone();
+        let closing_member = self.member.clone();
         let inner = async_stream::stream! {
             let mut subscriber = self;
             let mut buffer: VecDeque<Message> = VecDeque::new();
-            let mut unacked: Option<i64> = None;
             let mut backoff = Backoff::default();
             loop {
-                if let Some(id) = unacked {
+                let pending = *unacked.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(id) = pending {
                     match subscriber.ack(id).await {
-                        Ok(()) => {
-                            unacked = None;
-                            backoff.reset();
-                        }
+                        Ok(()) => backoff.reset(),
                         Err(err @ (MqError::LeaseLost(_) | MqError::NotLeased(_))) => {
                             tracing::warn!(error = %err, "dabgent_mq: ack after processing failed");
-                            unacked = None;
                         }
                         Err(err) if err.is_retryable() => {
                             tracing::warn!(error = %err, "dabgent_mq: ack failed; retrying");
@@ -359,14 +343,15 @@ impl Subscriber {
                             continue;
                         }
                         Err(err) => {
-                            unacked = None;
+                            *unacked.lock().unwrap_or_else(PoisonError::into_inner) = None;
                             yield Err(err);
                             continue;
                         }
                     }
+                    *unacked.lock().unwrap_or_else(PoisonError::into_inner) = None;
                 }
                 if let Some(message) = buffer.pop_front() {
-                    unacked = Some(message.id);
+                    *unacked.lock().unwrap_or_else(PoisonError::into_inner) = Some(message.id);
                     yield Ok(message);
                     continue;
                 }
@@ -389,6 +374,8 @@ impl Subscriber {
         SubscriberStream {
             inner: Box::pin(inner),
             heartbeat,
+            member: closing_member,
+            last_yielded,
         }
     }
 }
@@ -420,6 +407,22 @@ impl Drop for Subscriber {
 }
 
 impl Member {
+    async fn ack(&self, id: i64) -> Result<()> {
+        let span = tracing::debug_span!("ack", message = id);
+        async {
+            let lease = self.lease(id)?;
+            let acked = delivery::ack(&self.db, self.group_id, &[(id, lease.token)]).await?;
+            self.leases().remove(&id);
+            if acked.is_empty() {
+                return Err(MqError::LeaseLost(id));
+            }
+            self.acked_offset.fetch_max(lease.offset, Ordering::Relaxed);
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
     fn leases(&self) -> MutexGuard<'_, HashMap<i64, Lease>> {
         self.leases.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -475,6 +478,31 @@ impl Member {
 pub struct SubscriberStream {
     inner: Pin<Box<dyn Stream<Item = Result<Message>> + Send>>,
     heartbeat: tokio::task::JoinHandle<()>,
+    member: Arc<Member>,
+    /// The message yielded last, until it is acknowledged.
+    last_yielded: Arc<Mutex<Option<i64>>>,
+}
+
+impl SubscriberStream {
+    /// Stops consuming after the message yielded last was processed: acknowledges it, and
+    /// releases the messages fetched but not yet yielded, so they go to the rest of the group
+    /// at once. (Dropping the stream instead treats the last message as unprocessed: it is
+    /// delivered again.)
+    ///
+    /// # Errors
+    ///
+    /// As [`Subscriber::ack`]; the stream is stopped either way.
+    pub async fn close(self) -> Result<()> {
+        let pending = self
+            .last_yielded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match pending {
+            Some(id) => self.member.ack(id).await,
+            None => Ok(()),
+        }
+    }
 }
 
 impl std::fmt::Debug for SubscriberStream {

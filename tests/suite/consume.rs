@@ -750,3 +750,22 @@ async fn a_message_published_in_a_host_transaction_is_delivered_only_after_commi
         .unwrap();
     assert_eq!(sub.poll().await.unwrap()[0].id, id);
 }
+
+#[tokio::test]
+async fn closing_the_stream_acks_the_last_message_and_releases_the_rest() {
+    let (queue, _db) = common::queue("stream_close").await;
+    let ids = publish_n(&queue, "s", 3).await;
+    let sub = queue.subscribe_with_options(now("s")).await.unwrap();
+    let mut stream = sub.into_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.id, ids[0]);
+    stream.close().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut other = queue.subscribe_with_options(now("s")).await.unwrap();
+    let rest: Vec<i64> = other.poll().await.unwrap().iter().map(|m| m.id).collect();
+    assert_eq!(
+        rest,
+        &ids[1..],
+        "the processed message is acked, the buffered ones released"
+    );
+}
