@@ -171,7 +171,14 @@ impl Subscriber {
             if now >= deadline {
                 return Ok(batch);
             }
-            let wait = (deadline - now).min(backstop);
+            let mut wait = (deadline - now).min(backstop);
+            // A delayed or backed-off message due before the backstop: wake for it on time.
+            if let Some(due_ms) =
+                delivery::next_ready_in(&self.member.db, self.member.group_id).await?
+            {
+                let due = Duration::from_millis(u64::try_from(due_ms).unwrap_or(0));
+                wait = wait.min(due + Duration::from_millis(1));
+            }
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep(wait) => {}

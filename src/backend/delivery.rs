@@ -735,3 +735,27 @@ pub(crate) async fn remove_consumer<C: ConnectionTrait>(
         .await?;
     Ok(())
 }
+
+/// Milliseconds until the group's next delayed or backed-off message becomes ready, if any,
+/// by the database's clock. Lets a waiting poll wake exactly then instead of at its backstop.
+pub(crate) async fn next_ready_in<C: ConnectionTrait>(
+    conn: &C,
+    group_id: i64,
+) -> Result<Option<i64>> {
+    let backend = conn.get_database_backend();
+    let select = Query::select()
+        .expr(
+            Expr::col(delivery::Column::AvailableAt)
+                .min()
+                .sub(now_ms(backend)),
+        )
+        .from(delivery::Entity)
+        .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
+        .and_where(Expr::col(delivery::Column::State).eq(READY))
+        .and_where(Expr::col(delivery::Column::AvailableAt).gt(now_ms(backend)))
+        .to_owned();
+    match conn.query_one(&select).await? {
+        Some(row) => Ok(row.try_get_by_index::<Option<i64>>(0)?),
+        None => Ok(None),
+    }
+}

@@ -769,3 +769,29 @@ async fn closing_the_stream_acks_the_last_message_and_releases_the_rest() {
         "the processed message is acked, the buffered ones released"
     );
 }
+
+#[tokio::test]
+async fn a_waiting_poll_receives_a_delayed_message_when_it_becomes_due() {
+    let (queue, _db) = common::queue_with(
+        "delayed_on_time",
+        common::options().backstop_poll_interval(Duration::from_secs(30)),
+    )
+    .await;
+    queue.create_stream("s").await.unwrap();
+    let mut sub = queue
+        .subscribe_with_options(SubscribeOptions::new("s").poll_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let id = queue
+        .publish_message(Message::new("s", "t", json!({})).with_delay(Duration::from_millis(500)))
+        .await
+        .unwrap();
+    let got = sub.poll().await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), [id]);
+    assert!(
+        waited >= Duration::from_millis(490) && waited < Duration::from_millis(800),
+        "delivered after {waited:?}, due after 500 ms"
+    );
+}
