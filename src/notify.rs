@@ -105,7 +105,7 @@ async fn listen_forever(pool: PgPool, notifier: Weak<Notifier>, listening: watch
         let mut listener = match postgres::listen(&pool).await {
             Ok(listener) => listener,
             Err(err) => {
-                if pool.is_closed() {
+                if pool.is_closed() || notifier.strong_count() == 0 {
                     return;
                 }
                 tracing::warn!(error = %err, retry_in = ?backoff, "dabgent_mq: LISTEN failed");

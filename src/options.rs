@@ -125,6 +125,9 @@ impl QueueOptions {
     }
 }
 
+/// Longest visibility timeout accepted: lease expiry times must stay representable.
+const MAX_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Name of the consumer group that plain [`subscribe`](crate::MessageQueue::subscribe) joins.
 pub const DEFAULT_GROUP: &str = "default";
 
@@ -225,7 +228,7 @@ impl SubscribeOptions {
     }
 
     /// Longest time `poll` waits for a message before returning an empty batch (default
-    /// 30 s; zero means "look once").
+    /// 30 s; zero means "look once", `Duration::MAX` means "until a message comes").
     #[must_use]
     pub fn poll_timeout(mut self, timeout: Duration) -> Self {
         self.poll_timeout = timeout;
@@ -261,9 +264,11 @@ impl SubscribeOptions {
                 "batch size must be between 1 and 10000".into(),
             ));
         }
-        if self.visibility_timeout < Duration::from_millis(1) {
+        if self.visibility_timeout < Duration::from_millis(1)
+            || self.visibility_timeout > MAX_VISIBILITY_TIMEOUT
+        {
             return Err(MqError::InvalidConfig(
-                "visibility timeout must be at least 1 ms".into(),
+                "visibility timeout must be between 1 ms and 365 days".into(),
             ));
         }
         if self.max_attempts < 1 {

@@ -24,6 +24,9 @@ const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// How often a polling member refreshes its heartbeat in the registry.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Longest interval between the heartbeats of a subscriber stream.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
 /// A member of a consumer group: claims messages with [`poll`](Subscriber::poll), settles
 /// them with [`ack`](Subscriber::ack) or [`nack`](Subscriber::nack).
 ///
@@ -155,7 +158,8 @@ impl Subscriber {
     pub async fn poll(&mut self) -> Result<Vec<Message>> {
         let wake = self.queue.notifier().channel(&self.member.stream);
         let backstop = self.queue.options().backstop_poll_interval;
-        let deadline = Instant::now() + self.poll_timeout;
+        // `None`: a timeout too long to represent, i.e. wait for as long as it takes.
+        let deadline = Instant::now().checked_add(self.poll_timeout);
         loop {
             // Registered before looking, so a publish that lands between the look and the
             // wait still wakes this poll.
@@ -168,10 +172,13 @@ impl Subscriber {
                 return Ok(batch);
             }
             let now = Instant::now();
-            if now >= deadline {
-                return Ok(batch);
+            let mut wait = backstop;
+            if let Some(deadline) = deadline {
+                if now >= deadline {
+                    return Ok(batch);
+                }
+                wait = wait.min(deadline - now);
             }
-            let mut wait = (deadline - now).min(backstop);
             // A delayed or backed-off message due before the backstop: wake for it on time.
             if let Some(due_ms) =
                 delivery::next_ready_in(&self.member.db, self.member.group_id).await?
@@ -319,8 +326,11 @@ impl Subscriber {
     /// end the stream. Other errors are yielded as `Err` items and the stream goes on.
     pub fn into_stream(self) -> SubscriberStream {
         let member = self.member.clone();
+        // Often enough to keep the leases (a third of the visibility timeout) and to look alive
+        // to `cleanup_expired_consumers` with any sensible silence limit.
         let interval =
-            Duration::from_millis(u64::try_from(member.visibility_ms / 3).unwrap_or(1).max(1));
+            Duration::from_millis(u64::try_from(member.visibility_ms / 3).unwrap_or(1).max(1))
+                .min(HEARTBEAT_EVERY);
         let heartbeat = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(interval).await;

@@ -28,6 +28,10 @@ pub(crate) const LEASED: i16 = 1;
 /// Failed `max_attempts` times; kept until requeued.
 pub(crate) const DEAD: i16 = 2;
 
+/// Most ids (or id pairs) bound in one statement: far below SQLite's 32,766 and PostgreSQL's
+/// 65,535 bind parameters.
+const ID_CHUNK: usize = 1000;
+
 /// Most delivery rows one materializing statement inserts; a long backlog is caught up in
 /// several statements of this size inside one transaction.
 const MATERIALIZE_CHUNK: i64 = 10_000;
@@ -227,7 +231,9 @@ where
             .column(consumer_group::Column::MaterializedOffset)
             .from(consumer_group::Entity)
             .and_where(Expr::col(consumer_group::Column::Id).eq(group_id))
-            .lock(LockType::Update)
+            // NO KEY UPDATE, not UPDATE: it still excludes a second materializer, but not
+            // the foreign-key checks of members joining the group meanwhile.
+            .lock(LockType::NoKeyUpdate)
             .to_owned();
         let Some(row) = txn.query_one(&locked).await? else {
             return Ok(());
@@ -349,26 +355,29 @@ pub(crate) async fn ack<C: ConnectionTrait>(
     group_id: i64,
     leases: &[(i64, i64)],
 ) -> Result<Vec<i64>> {
-    if leases.is_empty() {
-        return Ok(Vec::new());
+    let mut acked = Vec::with_capacity(leases.len());
+    for chunk in leases.chunks(ID_CHUNK) {
+        let delete = Query::delete()
+            .from_table(delivery::Entity)
+            .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
+            .and_where(Expr::col(delivery::Column::State).eq(LEASED))
+            .and_where(held_leases(chunk))
+            .returning_col(delivery::Column::MessageId)
+            .to_owned();
+        for row in conn.query_all(&delete).await? {
+            acked.push(row.try_get_by_index::<i64>(0)?);
+        }
     }
-    let delete = Query::delete()
-        .from_table(delivery::Entity)
-        .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
-        .and_where(Expr::col(delivery::Column::State).eq(LEASED))
-        .and_where(
-            Expr::tuple([
-                Expr::col(delivery::Column::MessageId),
-                Expr::col(delivery::Column::LeaseToken),
-            ])
-            .in_tuples(leases.iter().copied()),
-        )
-        .returning_col(delivery::Column::MessageId)
-        .to_owned();
-    let rows = conn.query_all(&delete).await?;
-    rows.iter()
-        .map(|row| row.try_get_by_index::<i64>(0).map_err(Into::into))
-        .collect()
+    Ok(acked)
+}
+
+/// `(message_id, lease_token) IN ((..), ..)`: the rows still held under these exact leases.
+fn held_leases(leases: &[(i64, i64)]) -> Expr {
+    Expr::tuple([
+        Expr::col(delivery::Column::MessageId),
+        Expr::col(delivery::Column::LeaseToken),
+    ])
+    .in_tuples(leases.iter().copied())
 }
 
 /// Releases a lease: the message becomes ready again after `backoff_ms`, or a dead letter
@@ -413,31 +422,25 @@ pub(crate) async fn extend_leases<C: ConnectionTrait>(
     leases: &[(i64, i64)],
     visibility_ms: i64,
 ) -> Result<Vec<i64>> {
-    if leases.is_empty() {
-        return Ok(Vec::new());
-    }
     let backend = conn.get_database_backend();
-    let update = Query::update()
-        .table(delivery::Entity)
-        .value(
-            delivery::Column::LeaseExpiresAt,
-            now_ms(backend).add(visibility_ms),
-        )
-        .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
-        .and_where(Expr::col(delivery::Column::State).eq(LEASED))
-        .and_where(
-            Expr::tuple([
-                Expr::col(delivery::Column::MessageId),
-                Expr::col(delivery::Column::LeaseToken),
-            ])
-            .in_tuples(leases.iter().copied()),
-        )
-        .returning_col(delivery::Column::MessageId)
-        .to_owned();
-    let rows = conn.query_all(&update).await?;
-    rows.iter()
-        .map(|row| row.try_get_by_index::<i64>(0).map_err(Into::into))
-        .collect()
+    let mut kept = Vec::with_capacity(leases.len());
+    for chunk in leases.chunks(ID_CHUNK) {
+        let update = Query::update()
+            .table(delivery::Entity)
+            .value(
+                delivery::Column::LeaseExpiresAt,
+                now_ms(backend).add(visibility_ms),
+            )
+            .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
+            .and_where(Expr::col(delivery::Column::State).eq(LEASED))
+            .and_where(held_leases(chunk))
+            .returning_col(delivery::Column::MessageId)
+            .to_owned();
+        for row in conn.query_all(&update).await? {
+            kept.push(row.try_get_by_index::<i64>(0)?);
+        }
+    }
+    Ok(kept)
 }
 
 /// Gives up the given leases at once (a subscriber that is going away): the messages become
@@ -447,27 +450,22 @@ pub(crate) async fn release_leases<C: ConnectionTrait>(
     group_id: i64,
     leases: &[(i64, i64)],
 ) -> Result<u64> {
-    if leases.is_empty() {
-        return Ok(0);
-    }
     let backend = conn.get_database_backend();
-    let update = Query::update()
-        .table(delivery::Entity)
-        .value(delivery::Column::State, READY)
-        .value(delivery::Column::LeaseExpiresAt, Expr::null())
-        .value(delivery::Column::ConsumerId, Expr::null())
-        .value(delivery::Column::AvailableAt, now_ms(backend))
-        .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
-        .and_where(Expr::col(delivery::Column::State).eq(LEASED))
-        .and_where(
-            Expr::tuple([
-                Expr::col(delivery::Column::MessageId),
-                Expr::col(delivery::Column::LeaseToken),
-            ])
-            .in_tuples(leases.iter().copied()),
-        )
-        .to_owned();
-    Ok(conn.execute(&update).await?.rows_affected())
+    let mut released = 0;
+    for chunk in leases.chunks(ID_CHUNK) {
+        let update = Query::update()
+            .table(delivery::Entity)
+            .value(delivery::Column::State, READY)
+            .value(delivery::Column::LeaseExpiresAt, Expr::null())
+            .value(delivery::Column::ConsumerId, Expr::null())
+            .value(delivery::Column::AvailableAt, now_ms(backend))
+            .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
+            .and_where(Expr::col(delivery::Column::State).eq(LEASED))
+            .and_where(held_leases(chunk))
+            .to_owned();
+        released += conn.execute(&update).await?.rows_affected();
+    }
+    Ok(released)
 }
 
 /// Removes the members of any stream whose last heartbeat is older than `max_silence_ms` and
@@ -524,20 +522,31 @@ pub(crate) async fn dead_letters<C: ConnectionTrait>(
         .all(conn)
         .await?;
     let ids: Vec<i64> = rows.iter().map(|d| d.message_id).collect();
-    let mut messages = message::Entity::find()
-        .filter(message::Column::Id.is_in(ids))
-        .order_by_asc(message::Column::StreamOffset)
-        .all(conn)
-        .await?;
+    let mut messages = find_messages(conn, &ids).await?;
+    messages.sort_by_key(|m| m.stream_offset);
     let attempts: std::collections::HashMap<i64, i32> =
         rows.iter().map(|d| (d.message_id, d.attempts)).collect();
     Ok(messages
-        .drain(..)
+        .into_iter()
         .map(|m| {
             let n = attempts.get(&m.id).copied().unwrap_or_default();
             (m, n)
         })
         .collect())
+}
+
+/// The messages with these ids, in no particular order.
+async fn find_messages<C: ConnectionTrait>(conn: &C, ids: &[i64]) -> Result<Vec<message::Model>> {
+    let mut messages = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(ID_CHUNK) {
+        messages.extend(
+            message::Entity::find()
+                .filter(message::Column::Id.is_in(chunk.iter().copied()))
+                .all(conn)
+                .await?,
+        );
+    }
+    Ok(messages)
 }
 
 /// Makes every dead letter of a group ready again with a fresh attempt count; returns how
@@ -697,10 +706,7 @@ pub(crate) async fn load_claimed<C: ConnectionTrait>(
         return Ok(Vec::new());
     }
     let ids: Vec<i64> = leases.iter().map(|l| l.0).collect();
-    let messages = message::Entity::find()
-        .filter(message::Column::Id.is_in(ids))
-        .all(conn)
-        .await?;
+    let messages = find_messages(conn, &ids).await?;
     let by_id: std::collections::HashMap<i64, (i32, i64)> =
         leases.into_iter().map(|(id, a, t)| (id, (a, t))).collect();
     let mut claimed: Vec<Claimed> = messages

@@ -118,8 +118,14 @@ fn mismatch(db_type: DatabaseType, url: &str) -> MqError {
     ))
 }
 
-/// The database type of a connection, if the library supports it.
-pub(crate) fn database_type<C: ConnectionTrait>(conn: &C) -> Result<DatabaseType> {
+/// The database type of a connection, if the library supports it: a real SQLite or
+/// PostgreSQL pool (not a mock connection, which cannot listen or lock).
+pub(crate) fn database_type(conn: &DatabaseConnection) -> Result<DatabaseType> {
+    if conn.is_mock_connection() {
+        return Err(MqError::InvalidConfig(
+            "a mock connection cannot run the queue; use SQLite (sqlite::memory: works) or PostgreSQL".into(),
+        ));
+    }
     match conn.get_database_backend() {
         DbBackend::Postgres => Ok(DatabaseType::Postgres),
         DbBackend::Sqlite => Ok(DatabaseType::Sqlite),
@@ -369,26 +375,34 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
     })
 }
 
-/// Whether a database error is likely to go away on retry.
+/// Whether a database error is likely to go away on retry: connections lost or refused, pool
+/// timeouts, deadlocks, serialization failures, a server shutting down or starting, and
+/// SQLite's busy and locked. A closed pool, bad credentials or a missing database are not.
 pub(crate) fn is_transient(err: &DbErr) -> bool {
+    use sea_orm::ConnAcquireErr;
+    match err {
+        DbErr::ConnectionAcquire(ConnAcquireErr::Timeout) => true,
+        DbErr::ConnectionAcquire(_) => false,
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => is_transient_sqlx(e),
+        _ => false,
+    }
+}
+
+fn is_transient_sqlx(err: &sea_orm::sqlx::Error) -> bool {
     use sea_orm::sqlx::Error as SqlxError;
     match err {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-            match e.as_ref() {
-                SqlxError::Io(_) | SqlxError::PoolTimedOut | SqlxError::WorkerCrashed => true,
-                SqlxError::Database(db) => db.code().is_some_and(|code| {
-                    matches!(
-                        code.as_ref(),
-                        // serialization failure, deadlock, server shutting down or starting
-                        "40001" | "40P01" | "57P01" | "57P02" | "57P03"
-                        // SQLITE_BUSY, SQLITE_LOCKED and their extended codes
-                        | "5" | "6" | "261" | "262" | "517" | "773"
-                    ) || code.starts_with("08")
-                }),
-                _ => false,
-            }
-        }
+        SqlxError::Io(_) | SqlxError::PoolTimedOut | SqlxError::WorkerCrashed => true,
+        SqlxError::Database(db) => db.code().is_some_and(|code| {
+            matches!(
+                code.as_ref(),
+                // serialization failure, deadlock, server shutting down or starting
+                "40001" | "40P01" | "57P01" | "57P02" | "57P03"
+                // SQLITE_BUSY, SQLITE_LOCKED and their extended codes
+                | "5" | "6" | "261" | "262" | "517" | "773"
+            ) || code.starts_with("08")
+        }),
         _ => false,
     }
 }

@@ -45,7 +45,7 @@ pub(crate) async fn notify<C: ConnectionTrait>(conn: &C, payload: &str) -> Resul
     .map(drop)
 }
 
-/// The SQL form of a topic pattern, for `topic LIKE $n ESCAPE '\'`: the escape character and
+/// The SQL form of a topic pattern, for `topic LIKE $n ESCAPE E'\\'`: the escape character and
 /// LIKE's own wildcards (`\`, `%`, `_`) are escaped, then `*` becomes `%`.
 pub(crate) fn pattern_to_sql(pattern: &str) -> String {
     let mut out = String::with_capacity(pattern.len() + 8);
@@ -72,7 +72,7 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
     let row = conn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            r"SELECT ($1::text LIKE $2::text ESCAPE '\') AS m",
+            r"SELECT ($1::text LIKE $2::text ESCAPE E'\\') AS m",
             [topic.into(), pattern_to_sql(pattern).into()],
         ))
         .await?;
@@ -80,7 +80,9 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
 }
 
 /// Leases up to `req.limit` ready rows of the group and returns them with their messages, in
-/// claim order, in one statement.
+/// claim order, in one statement. A picked row that has already used `max_attempts` (it was
+/// released by a cleanup or a dropped subscriber rather than failing by expiry or nack)
+/// becomes a dead letter instead of being delivered again.
 ///
 /// Concurrency: the `MATERIALIZED` CTE picks and locks candidate rows with `FOR UPDATE SKIP
 /// LOCKED`, so concurrent claimers never wait for or share a row, and the CTE runs exactly
@@ -97,6 +99,7 @@ pub(crate) async fn claim<C: ConnectionTrait>(
         i64::from(req.limit).into(),
         req.visibility_ms.into(),
         req.consumer_id.into(),
+        req.max_attempts.into(),
     ];
     let filter = topic_filter(req.sql_patterns, &mut values);
     let sql = format!(
@@ -109,16 +112,20 @@ pub(crate) async fn claim<C: ConnectionTrait>(
             FOR UPDATE SKIP LOCKED \
          ), u AS ( \
             UPDATE mq_deliveries d \
-            SET state = 1, attempts = d.attempts + 1, \
+            SET state = CASE WHEN d.attempts >= $6 THEN 2 ELSE 1 END, \
+                attempts = CASE WHEN d.attempts >= $6 THEN d.attempts ELSE d.attempts + 1 END, \
                 lease_token = COALESCE(d.lease_token, 0) + 1, \
-                lease_expires_at = {NOW_MS} + $4, consumer_id = $5 \
+                lease_expires_at = CASE WHEN d.attempts >= $6 THEN NULL \
+                                        ELSE {NOW_MS} + $4 END, \
+                consumer_id = CASE WHEN d.attempts >= $6 THEN NULL ELSE $5 END \
             FROM c \
             WHERE d.group_id = $1 AND d.message_id = c.message_id AND d.state = 0 \
-            RETURNING d.message_id, d.attempts, d.lease_token \
+            RETURNING d.message_id, d.state, d.attempts, d.lease_token \
          ) \
          SELECT m.id, m.stream_id, m.stream_offset, m.topic, m.payload, m.priority, \
                 m.created_at, m.deliver_at, u.attempts, u.lease_token \
          FROM u JOIN mq_messages m ON m.id = u.message_id \
+         WHERE u.state = 1 \
          ORDER BY m.priority DESC, m.stream_offset"
     );
     let rows = conn
@@ -139,8 +146,9 @@ pub(crate) async fn claim<C: ConnectionTrait>(
         .collect()
 }
 
-/// ` AND (topic LIKE $6 ESCAPE '\' OR ...)` for the patterns, binding them after `values`;
-/// empty when every topic is wanted.
+/// ` AND (topic LIKE $7 ESCAPE E'\\' OR ...)` for the patterns, binding them after `values`;
+/// empty when every topic is wanted. The escape is written as an `E''` literal so that it
+/// means one backslash whatever the server's `standard_conforming_strings`.
 fn topic_filter(patterns: Option<&[String]>, values: &mut Vec<sea_orm::Value>) -> String {
     let Some(patterns) = patterns else {
         return String::new();
@@ -151,17 +159,23 @@ fn topic_filter(patterns: Option<&[String]>, values: &mut Vec<sea_orm::Value>) -
             filter.push_str(" OR ");
         }
         values.push(pattern.as_str().into());
-        filter.push_str(&format!(r"topic LIKE ${} ESCAPE '\'", values.len()));
+        filter.push_str(&format!(r"topic LIKE ${} ESCAPE E'\\'", values.len()));
     }
     filter.push(')');
     filter
 }
 
-/// A dedicated connection from `pool`, listening on [`NOTIFY_CHANNEL`].
+/// A connection listening on [`NOTIFY_CHANNEL`], opened with the connect options of `pool`
+/// (same server, credentials and search path) but outside it, so that it never takes one of
+/// the pool's connections for itself.
 pub(crate) async fn listen(
     pool: &sea_orm::sqlx::PgPool,
 ) -> Result<sea_orm::sqlx::postgres::PgListener, sea_orm::sqlx::Error> {
-    let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(pool).await?;
+    let options = (*pool.connect_options()).clone();
+    let own = sea_orm::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(options);
+    let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(&own).await?;
     listener.listen(NOTIFY_CHANNEL).await?;
     Ok(listener)
 }

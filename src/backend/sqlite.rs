@@ -59,7 +59,8 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
 }
 
 /// Leases up to `req.limit` ready rows of the group and returns them with their messages, in
-/// claim order.
+/// claim order. A picked row that has already used `max_attempts` becomes a dead letter
+/// instead (see `postgres::claim`).
 ///
 /// Concurrency: runs inside the caller's `BEGIN IMMEDIATE` transaction, so no other writer can
 /// interleave; the subquery's `LIMIT` is therefore exact (there is no SKIP LOCKED to misbehave)
@@ -74,19 +75,23 @@ pub(crate) async fn claim<C: ConnectionTrait>(
         i64::from(req.limit).into(),
         req.visibility_ms.into(),
         req.consumer_id.into(),
+        req.max_attempts.into(),
     ];
     let filter = topic_filter(req.sql_patterns, &mut values);
     let sql = format!(
         "UPDATE mq_deliveries \
-         SET state = 1, attempts = attempts + 1, lease_token = COALESCE(lease_token, 0) + 1, \
-             lease_expires_at = {NOW_MS} + ?4, consumer_id = ?5 \
+         SET state = CASE WHEN attempts >= ?6 THEN 2 ELSE 1 END, \
+             attempts = CASE WHEN attempts >= ?6 THEN attempts ELSE attempts + 1 END, \
+             lease_token = COALESCE(lease_token, 0) + 1, \
+             lease_expires_at = CASE WHEN attempts >= ?6 THEN NULL ELSE {NOW_MS} + ?4 END, \
+             consumer_id = CASE WHEN attempts >= ?6 THEN NULL ELSE ?5 END \
          WHERE group_id = ?1 AND state = 0 AND message_id IN ( \
             SELECT message_id FROM mq_deliveries \
             WHERE group_id = ?1 AND state = 0 AND available_at <= {NOW_MS} \
               AND stream_offset >= ?2{filter} \
             ORDER BY priority DESC, stream_offset \
             LIMIT ?3) \
-         RETURNING message_id, attempts, lease_token"
+         RETURNING message_id, state, attempts, lease_token"
     );
     let rows = conn
         .query_all_raw(Statement::from_sql_and_values(
@@ -95,20 +100,21 @@ pub(crate) async fn claim<C: ConnectionTrait>(
             values,
         ))
         .await?;
-    let leases = rows
-        .iter()
-        .map(|row| {
-            Ok((
+    let mut leases = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // Rows that had used their attempts were turned into dead letters, not leased.
+        if row.try_get_by_index::<i16>(1)? == 1 {
+            leases.push((
                 row.try_get_by_index::<i64>(0)?,
-                row.try_get_by_index::<i32>(1)?,
-                row.try_get_by_index::<i64>(2)?,
-            ))
-        })
-        .collect::<Result<Vec<_>, DbErr>>()?;
+                row.try_get_by_index::<i32>(2)?,
+                row.try_get_by_index::<i64>(3)?,
+            ));
+        }
+    }
     load_claimed(conn, leases).await
 }
 
-/// ` AND (topic GLOB ?6 OR ...)` for the patterns, binding them after `values`; empty when
+/// ` AND (topic GLOB ?7 OR ...)` for the patterns, binding them after `values`; empty when
 /// every topic is wanted.
 fn topic_filter(patterns: Option<&[String]>, values: &mut Vec<sea_orm::Value>) -> String {
     let Some(patterns) = patterns else {

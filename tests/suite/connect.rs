@@ -185,3 +185,22 @@ async fn concurrent_starts_apply_the_migrations_once() {
     queues[1].create_stream("s").await.unwrap();
     queues[2].publish("s", "t", json!(1)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_missing_database_is_a_connection_error_that_retrying_cannot_fix() {
+    if !common::is_postgres() {
+        eprintln!("SQLite creates a missing database file; nothing to test");
+        return;
+    }
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let url = match base.rfind('/') {
+        Some(at) => format!("{}/dabgent_mq_no_such_database", &base[..at]),
+        None => panic!("DATABASE_URL without a database name: {base}"),
+    };
+    let options = QueueOptions::new().acquire_timeout(Duration::from_secs(3));
+    let err = MessageQueue::with_options(DatabaseType::Postgres, &url, options)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MqError::Connection { .. }), "{err:?}");
+    assert!(!err.is_retryable(), "{err:?}");
+}

@@ -795,3 +795,57 @@ async fn a_waiting_poll_receives_a_delayed_message_when_it_becomes_due() {
         "delivered after {waited:?}, due after 500 ms"
     );
 }
+
+#[tokio::test]
+async fn a_message_released_after_its_last_attempt_becomes_a_dead_letter() {
+    let (queue, _db) = common::queue("released_poison").await;
+    let ids = publish_n(&queue, "s", 1).await;
+    let opts = now("s").max_attempts(1).visibility_timeout(Duration::from_secs(60));
+    let mut crashing = queue
+        .subscribe_with_options(opts.clone().consumer_id("crashing"))
+        .await
+        .unwrap();
+    assert_eq!(crashing.poll().await.unwrap()[0].attempt, 1);
+    // The member hangs; a cleanup releases its lease long before the lease would expire.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(queue.cleanup_expired_consumers(1).await.unwrap(), 1);
+    let mut next = queue.subscribe_with_options(opts.consumer_id("next")).await.unwrap();
+    assert!(next.poll().await.unwrap().is_empty(), "delivered beyond max_attempts");
+    let dead = queue.dead_letters("s", "default").await.unwrap();
+    assert_eq!(dead.iter().map(|m| (m.id, m.attempt)).collect::<Vec<_>>(), [(ids[0], 1)]);
+}
+
+#[tokio::test]
+async fn a_queue_with_a_single_connection_still_subscribes_and_delivers() {
+    let (queue, _db) = common::queue_with(
+        "single_connection",
+        dabgent_mq::QueueOptions::new()
+            .pool_size(1)
+            .acquire_timeout(Duration::from_secs(3)),
+    )
+    .await;
+    queue.create_stream("s").await.unwrap();
+    let mut sub = queue
+        .subscribe_with_options(SubscribeOptions::new("s").poll_timeout(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let id = queue.publish("s", "t", json!({})).await.unwrap();
+    assert_eq!(sub.poll().await.unwrap()[0].id, id);
+    sub.ack(id).await.unwrap();
+}
+
+#[tokio::test]
+async fn extreme_timeouts_are_handled_without_panicking() {
+    let (queue, _db) = common::queue("extreme_timeouts").await;
+    let ids = publish_n(&queue, "s", 1).await;
+    let mut forever = queue
+        .subscribe_with_options(SubscribeOptions::new("s").poll_timeout(Duration::MAX))
+        .await
+        .unwrap();
+    assert_eq!(forever.poll().await.unwrap()[0].id, ids[0]);
+    let err = queue
+        .subscribe_with_options(SubscribeOptions::new("s").visibility_timeout(Duration::MAX))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MqError::InvalidConfig(_)), "{err:?}");
+}
