@@ -800,7 +800,9 @@ async fn a_waiting_poll_receives_a_delayed_message_when_it_becomes_due() {
 async fn a_message_released_after_its_last_attempt_becomes_a_dead_letter() {
     let (queue, _db) = common::queue("released_poison").await;
     let ids = publish_n(&queue, "s", 1).await;
-    let opts = now("s").max_attempts(1).visibility_timeout(Duration::from_secs(60));
+    let opts = now("s")
+        .max_attempts(1)
+        .visibility_timeout(Duration::from_secs(60));
     let mut crashing = queue
         .subscribe_with_options(opts.clone().consumer_id("crashing"))
         .await
@@ -809,10 +811,19 @@ async fn a_message_released_after_its_last_attempt_becomes_a_dead_letter() {
     // The member hangs; a cleanup releases its lease long before the lease would expire.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(queue.cleanup_expired_consumers(1).await.unwrap(), 1);
-    let mut next = queue.subscribe_with_options(opts.consumer_id("next")).await.unwrap();
-    assert!(next.poll().await.unwrap().is_empty(), "delivered beyond max_attempts");
+    let mut next = queue
+        .subscribe_with_options(opts.consumer_id("next"))
+        .await
+        .unwrap();
+    assert!(
+        next.poll().await.unwrap().is_empty(),
+        "delivered beyond max_attempts"
+    );
     let dead = queue.dead_letters("s", "default").await.unwrap();
-    assert_eq!(dead.iter().map(|m| (m.id, m.attempt)).collect::<Vec<_>>(), [(ids[0], 1)]);
+    assert_eq!(
+        dead.iter().map(|m| (m.id, m.attempt)).collect::<Vec<_>>(),
+        [(ids[0], 1)]
+    );
 }
 
 #[tokio::test]
