@@ -10,13 +10,14 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::backend::delivery;
-use crate::backend::{self, NewMessage};
+use crate::backend::{self, NewMessage, WriteGate};
 use crate::error::{MqError, Result};
 use crate::group::{Consumer, GroupStats};
 use crate::message::Message;
 use crate::notify::{Listener, Notifier};
 use crate::options::QueueOptions;
 use crate::options::SubscribeOptions;
+use crate::publisher::{self, Publisher};
 use crate::replay::ReplayBuilder;
 use crate::replay::{from_row, millis_to_time};
 use crate::subscriber::{Membership, Subscriber};
@@ -110,6 +111,8 @@ struct Inner {
     db_type: DatabaseType,
     options: QueueOptions,
     notifier: Arc<Notifier>,
+    gate: WriteGate,
+    publisher: Publisher,
     /// The LISTEN connection (PostgreSQL), started by the first subscriber.
     listener: OnceLock<Listener>,
 }
@@ -192,6 +195,8 @@ impl MessageQueue {
                 db_type,
                 options,
                 notifier: Arc::new(Notifier::default()),
+                gate: WriteGate::new(db_type),
+                publisher: Publisher::default(),
                 listener: OnceLock::new(),
             }),
         })
@@ -221,6 +226,7 @@ impl MessageQueue {
     /// characters other than ASCII letters, digits and `_ - . :`.
     pub async fn create_stream(&self, name: &str) -> Result<()> {
         topic::validate_name(name)?;
+        let _turn = self.inner.gate.enter().await;
         backend::create_stream(&self.inner.db, name).await
     }
 
@@ -298,19 +304,23 @@ impl MessageQueue {
             return Ok(Vec::new());
         }
         let prepared = self.prepare_all(messages)?;
-        let mut streams: Vec<String> = prepared.iter().map(|m| m.stream.clone()).collect();
+        let span = tracing::debug_span!("publish", count = prepared.len());
+        publisher::submit(self, prepared).instrument(span).await
+    }
+
+    /// Writes validated messages in one transaction, then wakes this process's waiting
+    /// subscribers of their streams (after the commit, not before).
+    pub(crate) async fn write_batch(&self, messages: &[NewMessage]) -> Result<Vec<i64>> {
+        let ids = {
+            let _turn = self.inner.gate.enter().await;
+            let txn = backend::begin_write(&self.inner.db).await?;
+            let result = backend::insert_messages(&txn, messages).await;
+            backend::finish(txn, result).await?
+        };
+        let mut streams: Vec<&str> = messages.iter().map(|m| m.stream.as_str()).collect();
         streams.sort_unstable();
         streams.dedup();
-        let span = tracing::debug_span!("publish", count = prepared.len());
-        let ids = async {
-            let txn = backend::begin_write(&self.inner.db).await?;
-            let result = backend::insert_messages(&txn, prepared).await;
-            backend::finish(txn, result).await
-        }
-        .instrument(span)
-        .await?;
-        // Committed: wake this process's waiting subscribers now rather than at their backstop.
-        self.inner.notifier.wake(streams.iter().map(String::as_str));
+        self.inner.notifier.wake(streams);
         Ok(ids)
     }
 
@@ -376,7 +386,7 @@ impl MessageQueue {
         let span = tracing::debug_span!("publish_in", count = prepared.len());
         async {
             let txn = backend::begin_write(conn).await?;
-            let result = backend::insert_messages(&txn, prepared).await;
+            let result = backend::insert_messages(&txn, &prepared).await;
             backend::finish(txn, result).await
         }
         .instrument(span)
@@ -413,18 +423,23 @@ impl MessageQueue {
         let stream = backend::find_stream(db, &options.stream)
             .await?
             .ok_or_else(|| MqError::UnknownStream(options.stream.clone()))?;
-        let group_id = delivery::ensure_group(
-            db,
-            stream.id,
-            &options.group,
-            options.from_offset.unwrap_or(1),
-        )
-        .await?;
         let consumer_id = options
             .consumer_id
             .clone()
             .unwrap_or_else(generate_consumer_id);
-        delivery::register_consumer(db, stream.id, group_id, &consumer_id, &options.topics).await?;
+        let group_id = {
+            let _turn = self.inner.gate.enter().await;
+            let group_id = delivery::ensure_group(
+                db,
+                stream.id,
+                &options.group,
+                options.from_offset.unwrap_or(1),
+            )
+            .await?;
+            delivery::register_consumer(db, stream.id, group_id, &consumer_id, &options.topics)
+                .await?;
+            group_id
+        };
         if self.inner.db_type == DatabaseType::Postgres {
             let listener = self.inner.listener.get_or_init(|| {
                 Listener::start(
@@ -471,7 +486,10 @@ impl MessageQueue {
     /// As [`dead_letters`](MessageQueue::dead_letters).
     pub async fn requeue_dead_letters(&self, stream: &str, group: &str) -> Result<u64> {
         let (_, group_id) = self.resolve_group(stream, group).await?;
-        let requeued = delivery::requeue_dead_letters(&self.inner.db, group_id).await?;
+        let requeued = {
+            let _turn = self.inner.gate.enter().await;
+            delivery::requeue_dead_letters(&self.inner.db, group_id).await?
+        };
         self.inner.notifier.wake([stream]);
         Ok(requeued)
     }
@@ -549,7 +567,10 @@ impl MessageQueue {
     /// [`MqError::Database`].
     pub async fn cleanup_expired_consumers(&self, max_silence_secs: u64) -> Result<u64> {
         let silence_ms = i64::try_from(max_silence_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let removed = delivery::cleanup_expired_consumers(&self.inner.db, silence_ms).await?;
+        let removed = {
+            let _turn = self.inner.gate.enter().await;
+            delivery::cleanup_expired_consumers(&self.inner.db, silence_ms).await?
+        };
         if removed > 0 {
             self.inner.notifier.wake_all();
         }
@@ -569,6 +590,14 @@ impl MessageQueue {
 
     pub(crate) fn notifier(&self) -> &Notifier {
         &self.inner.notifier
+    }
+
+    pub(crate) fn publisher(&self) -> &Publisher {
+        &self.inner.publisher
+    }
+
+    pub(crate) fn write_gate(&self) -> &WriteGate {
+        &self.inner.gate
     }
 
     fn prepare_all(&self, messages: Vec<Message>) -> Result<Vec<NewMessage>> {
@@ -612,21 +641,22 @@ fn generate_consumer_id() -> String {
 fn prepare(message: Message, max_payload_bytes: usize) -> Result<NewMessage> {
     topic::validate_name(&message.stream)?;
     topic::validate_topic(&message.topic)?;
-    check_payload(&message.payload, max_payload_bytes)?;
+    let payload = serialize_payload(&message.payload, max_payload_bytes)?;
     let delay_ms = i64::try_from(message.delay.as_millis())
         .map_err(|_| MqError::InvalidConfig("delay is too long".into()))?;
     Ok(NewMessage {
         stream: message.stream,
         topic: message.topic,
-        payload: message.payload,
+        payload,
         priority: message.priority,
         delay_ms,
     })
 }
 
 /// Checks the payload's nesting depth and strings (iteratively, so a hostile payload cannot
-/// exhaust the stack), then its serialized size, without allocating the serialized text.
-fn check_payload(payload: &Value, max_bytes: usize) -> Result<()> {
+/// exhaust the stack), then serializes it, once: the text is both what the size limit applies
+/// to and what is written. An oversize payload is only counted, never held whole.
+fn serialize_payload(payload: &Value, max_bytes: usize) -> Result<String> {
     let mut stack: Vec<(&Value, usize)> = vec![(payload, 1)];
     while let Some((value, depth)) = stack.pop() {
         match value {
@@ -657,13 +687,16 @@ fn check_payload(payload: &Value, max_bytes: usize) -> Result<()> {
             _ => {}
         }
     }
-    let mut counter = ByteCounter(0);
-    serde_json::to_writer(&mut counter, payload)
-        .map_err(|e| MqError::InvalidPayload(e.to_string()))?;
-    if counter.0 > max_bytes {
-        return Err(MqError::MessageTooLarge(counter.0, max_bytes));
+    let mut out = BoundedText {
+        text: Vec::new(),
+        len: 0,
+        max: max_bytes,
+    };
+    serde_json::to_writer(&mut out, payload).map_err(|e| MqError::InvalidPayload(e.to_string()))?;
+    if out.len > max_bytes {
+        return Err(MqError::MessageTooLarge(out.len, max_bytes));
     }
-    Ok(())
+    String::from_utf8(out.text).map_err(|e| MqError::InvalidPayload(e.to_string()))
 }
 
 fn nested_too_deep() -> MqError {
@@ -672,11 +705,21 @@ fn nested_too_deep() -> MqError {
     ))
 }
 
-struct ByteCounter(usize);
+/// Collects serialized text up to `max` bytes, then only counts.
+struct BoundedText {
+    text: Vec<u8>,
+    len: usize,
+    max: usize,
+}
 
-impl std::io::Write for ByteCounter {
+impl std::io::Write for BoundedText {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
+        self.len += buf.len();
+        if self.len <= self.max {
+            self.text.extend_from_slice(buf);
+        } else if !self.text.is_empty() {
+            self.text = Vec::new();
+        }
         Ok(buf.len())
     }
 
@@ -693,10 +736,10 @@ mod tests {
     #[test]
     fn payload_size_is_the_serialized_length() {
         let exact = json!("x".repeat(98));
-        assert!(check_payload(&exact, 100).is_ok());
+        assert!(serialize_payload(&exact, 100).is_ok());
         let over = json!("x".repeat(99));
         assert!(matches!(
-            check_payload(&over, 100),
+            serialize_payload(&over, 100),
             Err(MqError::MessageTooLarge(101, 100))
         ));
     }
@@ -704,21 +747,21 @@ mod tests {
     #[test]
     fn nul_and_deep_nesting_are_rejected() {
         assert!(matches!(
-            check_payload(&json!({"a": "x\u{0}y"}), 1000),
+            serialize_payload(&json!({"a": "x\u{0}y"}), 1000),
             Err(MqError::InvalidPayload(_))
         ));
         assert!(matches!(
-            check_payload(&json!({"a\u{0}": 1}), 1000),
+            serialize_payload(&json!({"a\u{0}": 1}), 1000),
             Err(MqError::InvalidPayload(_))
         ));
         let mut deep = json!(1);
         for _ in 0..MAX_PAYLOAD_DEPTH {
             deep = json!([deep]);
         }
-        assert!(check_payload(&deep, 1 << 20).is_ok());
+        assert!(serialize_payload(&deep, 1 << 20).is_ok());
         deep = json!([deep]);
         assert!(matches!(
-            check_payload(&deep, 1 << 20),
+            serialize_payload(&deep, 1 << 20),
             Err(MqError::InvalidPayload(_))
         ));
     }

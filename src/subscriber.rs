@@ -12,6 +12,7 @@ use futures::Stream;
 use sea_orm::DatabaseConnection;
 use tracing::Instrument;
 
+use crate::backend::WriteGate;
 use crate::backend::delivery::{self, ClaimRequest};
 use crate::error::{MqError, Result};
 use crate::message::Message;
@@ -54,6 +55,7 @@ pub struct Subscriber {
 #[derive(Debug)]
 struct Member {
     db: DatabaseConnection,
+    gate: WriteGate,
     stream: String,
     stream_id: i64,
     group_id: i64,
@@ -105,6 +107,7 @@ impl Subscriber {
         };
         let member = Member {
             db: queue.connection().clone(),
+            gate: queue.write_gate().clone(),
             stream: membership.stream,
             stream_id: membership.stream_id,
             group_id: membership.group_id,
@@ -211,6 +214,7 @@ impl Subscriber {
         };
         let span =
             tracing::debug_span!("claim", stream = %member.stream, consumer = %member.consumer_id);
+        let _turn = member.gate.enter().await;
         let claimed = delivery::claim(&member.db, &request)
             .instrument(span)
             .await?;
@@ -257,7 +261,10 @@ impl Subscriber {
             .map(|&id| self.member.lease(id).map(|lease| (id, lease)))
             .collect::<Result<_>>()?;
         let pairs: Vec<(i64, i64)> = leases.iter().map(|(id, l)| (*id, l.token)).collect();
-        let acked = delivery::ack(&self.member.db, self.member.group_id, &pairs).await?;
+        let acked = {
+            let _turn = self.member.gate.enter().await;
+            delivery::ack(&self.member.db, self.member.group_id, &pairs).await?
+        };
         {
             let mut held = self.member.leases();
             for id in ids {
@@ -291,6 +298,7 @@ impl Subscriber {
     pub async fn nack(&self, id: i64) -> Result<()> {
         let lease = self.member.lease(id)?;
         let backoff = retry_backoff(self.retry_backoff, lease.attempt, id);
+        let turn = self.member.gate.enter().await;
         let held = delivery::nack(
             &self.member.db,
             self.member.group_id,
@@ -299,6 +307,7 @@ impl Subscriber {
             millis(backoff),
         )
         .await?;
+        drop(turn);
         self.member.leases().remove(&id);
         if held {
             Ok(())
@@ -411,6 +420,7 @@ impl Drop for Subscriber {
         // Best effort: if this does not run, the leases simply expire and the registration
         // is removed by `cleanup_expired_consumers`.
         runtime.spawn(async move {
+            let _turn = member.gate.enter().await;
             if let Err(err) = delivery::release_leases(&member.db, member.group_id, &leases).await {
                 tracing::debug!(error = %err, "dabgent_mq: releasing leases on drop failed");
             }
@@ -428,7 +438,10 @@ impl Member {
         let span = tracing::debug_span!("ack", message = id);
         async {
             let lease = self.lease(id)?;
-            let acked = delivery::ack(&self.db, self.group_id, &[(id, lease.token)]).await?;
+            let acked = {
+                let _turn = self.gate.enter().await;
+                delivery::ack(&self.db, self.group_id, &[(id, lease.token)]).await?
+            };
             self.leases().remove(&id);
             if acked.is_empty() {
                 return Err(MqError::LeaseLost(id));
@@ -454,6 +467,7 @@ impl Member {
     /// Refreshes the registry entry, registering again if a cleanup removed it.
     async fn touch(&self) -> Result<()> {
         let acked = self.acked_offset.load(Ordering::Relaxed);
+        let _turn = self.gate.enter().await;
         if !delivery::touch_consumer(&self.db, self.group_id, &self.consumer_id, acked).await? {
             delivery::register_consumer(
                 &self.db,
@@ -474,8 +488,10 @@ impl Member {
         if held.is_empty() {
             return Ok(());
         }
-        let kept =
-            delivery::extend_leases(&self.db, self.group_id, &held, self.visibility_ms).await?;
+        let kept = {
+            let _turn = self.gate.enter().await;
+            delivery::extend_leases(&self.db, self.group_id, &held, self.visibility_ms).await?
+        };
         let kept: std::collections::HashSet<i64> = kept.into_iter().collect();
         let mut leases = self.leases();
         for (id, token) in held {

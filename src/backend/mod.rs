@@ -10,6 +10,7 @@ pub(crate) mod sqlite;
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use entity::{message, stream};
 use migration::{Migrator, MigratorTrait};
@@ -35,12 +36,41 @@ const INSERT_CHUNK_ROWS: usize = 1000;
 /// streams is replaced by `*`, meaning "look at every stream".
 const MAX_NOTIFY_PAYLOAD: usize = 7900;
 
+/// Serializes this process's writes to a SQLite database.
+///
+/// SQLite has one writer at a time. Left to itself, a connection that finds the write lock
+/// taken sleeps in its busy handler (1, 2, 5, 10 ms and longer) and retries, so a few
+/// concurrent writers of one process spend most of their time asleep while the lock is free.
+/// Queuing them on an async mutex instead hands the lock over the moment it is released.
+/// Other processes still meet at SQLite's lock, with the busy timeout. PostgreSQL needs no
+/// gate: its row locks are fine-grained.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WriteGate(Option<Arc<tokio::sync::Mutex<()>>>);
+
+impl WriteGate {
+    pub(crate) fn new(db_type: DatabaseType) -> Self {
+        match db_type {
+            DatabaseType::Sqlite => WriteGate(Some(Arc::new(tokio::sync::Mutex::new(())))),
+            DatabaseType::Postgres => WriteGate(None),
+        }
+    }
+
+    /// Waits for this process's turn to write (at once on PostgreSQL).
+    pub(crate) async fn enter(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.0 {
+            Some(gate) => Some(gate.lock().await),
+            None => None,
+        }
+    }
+}
+
 /// A validated message, ready to be written.
 #[derive(Debug)]
 pub(crate) struct NewMessage {
     pub(crate) stream: String,
     pub(crate) topic: String,
-    pub(crate) payload: Value,
+    /// The payload's JSON text, serialized once at validation.
+    pub(crate) payload: String,
     pub(crate) priority: i32,
     pub(crate) delay_ms: i64,
 }
@@ -233,13 +263,13 @@ pub(crate) async fn find_stream<C: ConnectionTrait>(
 /// The same statement reads the database clock, so all times come from one clock.
 pub(crate) async fn insert_messages<C: ConnectionTrait>(
     conn: &C,
-    messages: Vec<NewMessage>,
+    messages: &[NewMessage],
 ) -> Result<Vec<i64>> {
     let backend = conn.get_database_backend();
     let mut counts: Vec<(&str, i64)> = Vec::new();
     {
         let mut by_stream: HashMap<&str, i64> = HashMap::new();
-        for m in &messages {
+        for m in messages {
             *by_stream.entry(m.stream.as_str()).or_default() += 1;
         }
         counts.extend(by_stream);
@@ -279,7 +309,7 @@ pub(crate) async fn insert_messages<C: ConnectionTrait>(
     // database returns rows in.
     let mut position: HashMap<(i64, i64), usize> = HashMap::with_capacity(total);
     let mut ids = vec![0i64; total];
-    let mut rows = messages.into_iter().enumerate().peekable();
+    let mut rows = messages.iter().enumerate().peekable();
     while rows.peek().is_some() {
         let mut insert = Query::insert();
         insert.into_table(message::Entity).columns([
@@ -302,8 +332,8 @@ pub(crate) async fn insert_messages<C: ConnectionTrait>(
                 .values([
                     stream_id.into(),
                     offset.into(),
-                    m.topic.into(),
-                    Expr::val(m.payload),
+                    m.topic.as_str().into(),
+                    json_text(backend, &m.payload),
                     m.priority.into(),
                     now.into(),
                     now.saturating_add(m.delay_ms).into(),
@@ -329,6 +359,15 @@ pub(crate) async fn insert_messages<C: ConnectionTrait>(
         _ => sqlite::notify(conn, &notify_payload).await?,
     }
     Ok(ids)
+}
+
+/// A bound JSON text for a payload column: `jsonb` on PostgreSQL, TEXT on SQLite. Binding the
+/// text written at validation avoids serializing the payload a second time.
+fn json_text(backend: DbBackend, text: &str) -> Expr {
+    match backend {
+        DbBackend::Postgres => Expr::val(text).cast_as("jsonb"),
+        _ => Expr::val(text),
+    }
 }
 
 fn notify_payload<'a>(streams: impl Iterator<Item = &'a str>) -> String {

@@ -86,9 +86,10 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
 ///
 /// Concurrency: the `MATERIALIZED` CTE picks and locks candidate rows with `FOR UPDATE SKIP
 /// LOCKED`, so concurrent claimers never wait for or share a row, and the CTE runs exactly
-/// once (the `WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)` form can claim more than
-/// n rows, PostgreSQL bug #15715). The `UPDATE` re-checks that each row is still ready before
-/// leasing it and increments its lease token, which fences every later ack and extension.
+/// once; the `UPDATE` takes its ids as `= ANY(ARRAY(...))` (the `WHERE id IN (SELECT ... LIMIT
+/// n FOR UPDATE SKIP LOCKED)` form can claim more than n rows, PostgreSQL bug #15715). The
+/// `UPDATE` re-checks that each row is still ready before leasing it and increments its lease
+/// token, which fences every later ack and extension.
 pub(crate) async fn claim<C: ConnectionTrait>(
     conn: &C,
     req: &ClaimRequest<'_>,
@@ -96,30 +97,33 @@ pub(crate) async fn claim<C: ConnectionTrait>(
     let mut values: Vec<sea_orm::Value> = vec![
         req.group_id.into(),
         req.from_offset.into(),
-        i64::from(req.limit).into(),
         req.visibility_ms.into(),
         req.consumer_id.into(),
         req.max_attempts.into(),
     ];
     let filter = topic_filter(req.sql_patterns, &mut values);
+    // The limit is written into the statement, not bound: with a bound LIMIT, PostgreSQL's
+    // generic plan for the prepared statement guesses thousands of rows and joins them to the
+    // delivery table by hash, scanning the whole backlog on every claim.
+    let limit = req.limit;
     let sql = format!(
         "WITH c AS MATERIALIZED ( \
             SELECT message_id FROM mq_deliveries \
             WHERE group_id = $1 AND state = 0 AND available_at <= {NOW_MS} \
               AND stream_offset >= $2{filter} \
             ORDER BY priority DESC, stream_offset \
-            LIMIT $3 \
+            LIMIT {limit} \
             FOR UPDATE SKIP LOCKED \
          ), u AS ( \
             UPDATE mq_deliveries d \
-            SET state = CASE WHEN d.attempts >= $6 THEN 2 ELSE 1 END, \
-                attempts = CASE WHEN d.attempts >= $6 THEN d.attempts ELSE d.attempts + 1 END, \
+            SET state = CASE WHEN d.attempts >= $5 THEN 2 ELSE 1 END, \
+                attempts = CASE WHEN d.attempts >= $5 THEN d.attempts ELSE d.attempts + 1 END, \
                 lease_token = COALESCE(d.lease_token, 0) + 1, \
-                lease_expires_at = CASE WHEN d.attempts >= $6 THEN NULL \
-                                        ELSE {NOW_MS} + $4 END, \
-                consumer_id = CASE WHEN d.attempts >= $6 THEN NULL ELSE $5 END \
-            FROM c \
-            WHERE d.group_id = $1 AND d.message_id = c.message_id AND d.state = 0 \
+                lease_expires_at = CASE WHEN d.attempts >= $5 THEN NULL \
+                                        ELSE {NOW_MS} + $3 END, \
+                consumer_id = CASE WHEN d.attempts >= $5 THEN NULL ELSE $4 END \
+            WHERE d.group_id = $1 AND d.message_id = ANY(ARRAY(SELECT message_id FROM c)) \
+              AND d.state = 0 \
             RETURNING d.message_id, d.state, d.attempts, d.lease_token \
          ) \
          SELECT m.id, m.stream_id, m.stream_offset, m.topic, m.payload, m.priority, \
@@ -146,7 +150,7 @@ pub(crate) async fn claim<C: ConnectionTrait>(
         .collect()
 }
 
-/// ` AND (topic LIKE $7 ESCAPE E'\\' OR ...)` for the patterns, binding them after `values`;
+/// ` AND (topic LIKE $6 ESCAPE E'\\' OR ...)` for the patterns, binding them after `values`;
 /// empty when every topic is wanted. The escape is written as an `E''` literal so that it
 /// means one backslash whatever the server's `standard_conforming_strings`.
 fn topic_filter(patterns: Option<&[String]>, values: &mut Vec<sea_orm::Value>) -> String {
