@@ -577,3 +577,54 @@ async fn begin(
     .await
     .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_publishes_each_get_their_own_result() {
+    let (queue, _db) = common::queue("group_commit_errors").await;
+    queue.create_stream("good").await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let queue = queue.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            for i in 0..20 {
+                // Every fourth task publishes to a stream that does not exist, in the middle
+                // of everyone else's publishes.
+                let stream = if t % 4 == 3 && i % 5 == 2 {
+                    "missing"
+                } else {
+                    "good"
+                };
+                results.push((
+                    stream,
+                    queue.publish(stream, "t", json!({"t": t, "i": i})).await,
+                ));
+            }
+            results
+        }));
+    }
+    let mut ok_ids = BTreeSet::new();
+    let mut failures = 0;
+    for task in tasks {
+        for (stream, result) in task.await.unwrap() {
+            match (stream, result) {
+                ("good", Ok(id)) => assert!(ok_ids.insert(id), "id {id} handed out twice"),
+                ("missing", Err(MqError::UnknownStream(name))) => {
+                    assert_eq!(name, "missing");
+                    failures += 1;
+                }
+                (stream, other) => panic!("{stream}: unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(failures, 4 * 4);
+    let stored = replay_all(&queue, "good").await;
+    assert_eq!(stored.len(), ok_ids.len());
+    assert_eq!(
+        stored.iter().map(|m| m.id).collect::<BTreeSet<_>>(),
+        ok_ids,
+        "exactly the successful publishes are stored"
+    );
+    let offsets: Vec<i64> = stored.iter().map(|m| m.offset).collect();
+    assert_eq!(offsets, (1..=stored.len() as i64).collect::<Vec<_>>());
+}
