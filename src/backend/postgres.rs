@@ -102,9 +102,12 @@ pub(crate) async fn claim<C: ConnectionTrait>(
         req.max_attempts.into(),
     ];
     let filter = topic_filter(req.sql_patterns, &mut values);
-    // The limit is written into the statement, not bound: with a bound LIMIT, PostgreSQL's
-    // generic plan for the prepared statement guesses thousands of rows and joins them to the
-    // delivery table by hash, scanning the whole backlog on every claim.
+    // Two details keep the cost of a claim independent of the backlog. The limit is written
+    // into the statement, not bound: with a bound LIMIT, the generic plan of the prepared
+    // statement guesses thousands of rows and joins them to the delivery table by hash. And
+    // the re-check in the UPDATE is written `state::integer = 0`, which the planner cannot
+    // match to the partial ready index: with `state = 0` it may (on stale statistics, say
+    // after a large catch-up) walk the whole ready index instead of the primary key.
     let limit = req.limit;
     let sql = format!(
         "WITH c AS MATERIALIZED ( \
@@ -123,7 +126,7 @@ pub(crate) async fn claim<C: ConnectionTrait>(
                                         ELSE {NOW_MS} + $3 END, \
                 consumer_id = CASE WHEN d.attempts >= $5 THEN NULL ELSE $4 END \
             WHERE d.group_id = $1 AND d.message_id = ANY(ARRAY(SELECT message_id FROM c)) \
-              AND d.state = 0 \
+              AND d.state::integer = 0 \
             RETURNING d.message_id, d.state, d.attempts, d.lease_token \
          ) \
          SELECT m.id, m.stream_id, m.stream_offset, m.topic, m.payload, m.priority, \
