@@ -313,9 +313,7 @@ impl MessageQueue {
     pub(crate) async fn write_batch(&self, messages: &[NewMessage]) -> Result<Vec<i64>> {
         let ids = {
             let _turn = self.inner.gate.enter().await;
-            let txn = backend::begin_write(&self.inner.db).await?;
-            let result = backend::insert_messages(&txn, messages).await;
-            backend::finish(txn, result).await?
+            backend::publish_messages(&self.inner.db, messages).await?
         };
         let mut streams: Vec<&str> = messages.iter().map(|m| m.stream.as_str()).collect();
         streams.sort_unstable();

@@ -37,7 +37,7 @@ const ID_CHUNK: usize = 1000;
 const MATERIALIZE_CHUNK: i64 = 10_000;
 
 /// What a claim asks for.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct ClaimRequest<'a> {
     pub(crate) group_id: i64,
     pub(crate) stream_id: i64,
@@ -190,11 +190,30 @@ where
 {
     match conn.get_database_backend() {
         DbBackend::Postgres => {
-            // Each step is one autocommit statement (materializing, a short transaction);
-            // the claim itself is safe against concurrent claimers by SKIP LOCKED.
-            materialize(conn, req.group_id, req.stream_id).await?;
-            reap_expired(conn, req.group_id, req.max_attempts).await?;
-            postgres::claim(conn, req).await
+            // In the steady state one statement reaps, checks the group's position and
+            // claims. A group behind its stream is caught up first (a short transaction of
+            // its own), and leases just reaped become claimable in the next statement.
+            let first = postgres::claim(conn, req).await?;
+            let got = u32::try_from(first.claimed.len()).unwrap_or(u32::MAX);
+            if got >= req.limit || (!first.behind && first.reaped == 0) {
+                return Ok(first.claimed);
+            }
+            if first.behind {
+                materialize(conn, req.group_id, req.stream_id).await?;
+            }
+            let rest = ClaimRequest {
+                limit: req.limit - got,
+                ..*req
+            };
+            let mut claimed = first.claimed;
+            claimed.extend(postgres::claim(conn, &rest).await?.claimed);
+            claimed.sort_by(|a, b| {
+                b.message
+                    .priority
+                    .cmp(&a.message.priority)
+                    .then(a.message.stream_offset.cmp(&b.message.stream_offset))
+            });
+            Ok(claimed)
         }
         _ => {
             // SQLite has one writer at a time: take the write lock once for all three steps.

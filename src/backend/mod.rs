@@ -253,6 +253,26 @@ pub(crate) async fn find_stream<C: ConnectionTrait>(
         .await?)
 }
 
+/// Appends `messages` (already validated) to their streams, atomically, and returns their ids
+/// in input order. On PostgreSQL a batch for one stream is a single autocommit statement;
+/// otherwise the messages are written in a transaction of their own.
+pub(crate) async fn publish_messages(
+    db: &DatabaseConnection,
+    messages: &[NewMessage],
+) -> Result<Vec<i64>> {
+    if db.get_database_backend() == DbBackend::Postgres
+        && let Some(first) = messages.first()
+        && messages.iter().all(|m| m.stream == first.stream)
+    {
+        return postgres::append_messages(db, &first.stream, messages)
+            .await?
+            .ok_or_else(|| MqError::UnknownStream(first.stream.clone()));
+    }
+    let txn = begin_write(db).await?;
+    let result = insert_messages(&txn, messages).await;
+    finish(txn, result).await
+}
+
 /// Appends `messages` (already validated) to their streams and returns their ids in input
 /// order. Must run inside a transaction.
 ///

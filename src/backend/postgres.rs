@@ -7,6 +7,7 @@
 
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement};
 
+use super::NewMessage;
 use super::delivery::{ClaimRequest, Claimed};
 use crate::error::MqError;
 
@@ -79,21 +80,37 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
     row.map_or(Ok(false), |row| row.try_get_by_index::<bool>(0))
 }
 
-/// Leases up to `req.limit` ready rows of the group and returns them with their messages, in
-/// claim order, in one statement. A picked row that has already used `max_attempts` (it was
-/// released by a cleanup or a dropped subscriber rather than failing by expiry or nack)
-/// becomes a dead letter instead of being delivered again.
+/// What one claim statement found and did.
+#[derive(Debug)]
+pub(crate) struct ClaimOutcome {
+    /// The leased messages, in claim order.
+    pub(crate) claimed: Vec<Claimed>,
+    /// The group has not materialized the head of its stream; nothing was claimed then, so
+    /// that newer messages of higher priority are not passed over.
+    pub(crate) behind: bool,
+    /// Expired leases returned to the ready set by this statement; they can be claimed from
+    /// the next statement on.
+    pub(crate) reaped: i64,
+}
+
+/// In one statement: returns the group's expired leases to the ready set (or to the dead
+/// letters once they used `max_attempts`), checks that the group is caught up with its
+/// stream, and, if it is, leases up to `req.limit` ready rows and returns them with their
+/// messages, in claim order. A picked row that has already used `max_attempts` (released by a
+/// cleanup or a dropped subscriber rather than failed by expiry or nack) becomes a dead letter
+/// instead of being delivered again.
 ///
 /// Concurrency: the `MATERIALIZED` CTE picks and locks candidate rows with `FOR UPDATE SKIP
 /// LOCKED`, so concurrent claimers never wait for or share a row, and the CTE runs exactly
 /// once; the `UPDATE` takes its ids as `= ANY(ARRAY(...))` (the `WHERE id IN (SELECT ... LIMIT
 /// n FOR UPDATE SKIP LOCKED)` form can claim more than n rows, PostgreSQL bug #15715). The
 /// `UPDATE` re-checks that each row is still ready before leasing it and increments its lease
-/// token, which fences every later ack and extension.
+/// token, which fences every later ack and extension. The reaping `UPDATE` touches only leased
+/// rows and the claim only ready ones, so the two never meet on a row.
 pub(crate) async fn claim<C: ConnectionTrait>(
     conn: &C,
     req: &ClaimRequest<'_>,
-) -> Result<Vec<Claimed>, MqError> {
+) -> Result<ClaimOutcome, MqError> {
     let mut values: Vec<sea_orm::Value> = vec![
         req.group_id.into(),
         req.from_offset.into(),
@@ -110,10 +127,21 @@ pub(crate) async fn claim<C: ConnectionTrait>(
     // after a large catch-up) walk the whole ready index instead of the primary key.
     let limit = req.limit;
     let sql = format!(
-        "WITH c AS MATERIALIZED ( \
+        "WITH pos AS ( \
+            SELECT g.materialized_offset < s.last_offset AS behind \
+            FROM mq_consumer_groups g JOIN mq_streams s ON s.id = g.stream_id \
+            WHERE g.id = $1 \
+         ), reaped AS ( \
+            UPDATE mq_deliveries \
+            SET state = CASE WHEN attempts >= $5 THEN 2 ELSE 0 END, \
+                lease_expires_at = NULL, consumer_id = NULL, available_at = {NOW_MS} \
+            WHERE group_id = $1 AND state = 1 AND lease_expires_at <= {NOW_MS} \
+            RETURNING 1 \
+         ), c AS MATERIALIZED ( \
             SELECT message_id FROM mq_deliveries \
             WHERE group_id = $1 AND state = 0 AND available_at <= {NOW_MS} \
               AND stream_offset >= $2{filter} \
+              AND NOT COALESCE((SELECT behind FROM pos), false) \
             ORDER BY priority DESC, stream_offset \
             LIMIT {limit} \
             FOR UPDATE SKIP LOCKED \
@@ -129,10 +157,11 @@ pub(crate) async fn claim<C: ConnectionTrait>(
               AND d.state::integer = 0 \
             RETURNING d.message_id, d.state, d.attempts, d.lease_token \
          ) \
-         SELECT m.id, m.stream_id, m.stream_offset, m.topic, m.payload, m.priority, \
+         SELECT p.behind, (SELECT count(*) FROM reaped) AS reaped, \
+                m.id, m.stream_id, m.stream_offset, m.topic, m.payload, m.priority, \
                 m.created_at, m.deliver_at, u.attempts, u.lease_token \
-         FROM u JOIN mq_messages m ON m.id = u.message_id \
-         WHERE u.state = 1 \
+         FROM (SELECT COALESCE((SELECT behind FROM pos), false) AS behind) p \
+         LEFT JOIN (u JOIN mq_messages m ON m.id = u.message_id AND u.state = 1) ON true \
          ORDER BY m.priority DESC, m.stream_offset"
     );
     let rows = conn
@@ -142,15 +171,24 @@ pub(crate) async fn claim<C: ConnectionTrait>(
             values,
         ))
         .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Claimed {
+    let mut outcome = ClaimOutcome {
+        claimed: Vec::with_capacity(rows.len()),
+        behind: false,
+        reaped: 0,
+    };
+    for row in &rows {
+        outcome.behind = row.try_get("", "behind")?;
+        outcome.reaped = row.try_get("", "reaped")?;
+        // The one row of an empty claim carries only the flags.
+        if row.try_get::<Option<i64>>("", "id")?.is_some() {
+            outcome.claimed.push(Claimed {
                 message: entity::message::Model::from_query_result(row, "")?,
                 attempts: row.try_get("", "attempts")?,
                 lease_token: row.try_get("", "lease_token")?,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(outcome)
 }
 
 /// ` AND (topic LIKE $6 ESCAPE E'\\' OR ...)` for the patterns, binding them after `values`;
@@ -185,4 +223,61 @@ pub(crate) async fn listen(
     let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(&own).await?;
     listener.listen(NOTIFY_CHANNEL).await?;
     Ok(listener)
+}
+
+/// Appends messages to one stream in a single statement, so that outside a transaction a
+/// publish costs one round trip: the `UPDATE` reserves the offsets under the stream row's
+/// lock (held to commit, which for this autocommit statement is its own end), the `INSERT`
+/// writes the rows from arrays (one bind parameter per column, whatever the batch size), and
+/// the notification is sent only if rows were written. Returns the ids in input order, or
+/// `None` if the stream does not exist (then nothing was written).
+pub(crate) async fn append_messages<C: ConnectionTrait>(
+    conn: &C,
+    stream: &str,
+    messages: &[NewMessage],
+) -> Result<Option<Vec<i64>>, MqError> {
+    let count = i64::try_from(messages.len()).unwrap_or(i64::MAX);
+    let topics: Vec<String> = messages.iter().map(|m| m.topic.clone()).collect();
+    let payloads: Vec<String> = messages.iter().map(|m| m.payload.clone()).collect();
+    let priorities: Vec<i32> = messages.iter().map(|m| m.priority).collect();
+    let delays: Vec<i64> = messages.iter().map(|m| m.delay_ms).collect();
+    let sql = format!(
+        "WITH s AS ( \
+            UPDATE mq_streams SET last_offset = last_offset + $2 WHERE name = $1 \
+            RETURNING id, last_offset - $2 AS base, {NOW_MS} AS now \
+         ), i AS ( \
+            INSERT INTO mq_messages \
+                (stream_id, stream_offset, topic, payload, priority, created_at, deliver_at) \
+            SELECT s.id, s.base + v.ord, v.topic, v.payload::jsonb, v.priority, s.now, \
+                   s.now + v.delay \
+            FROM s, unnest($3::text[], $4::text[], $5::int4[], $6::int8[]) \
+                 WITH ORDINALITY AS v(topic, payload, priority, delay, ord) \
+            RETURNING id, stream_offset \
+         ), n AS ( \
+            SELECT pg_notify('{NOTIFY_CHANNEL}', $1) FROM s \
+         ) \
+         SELECT i.id, (SELECT count(*) FROM n) AS notified FROM i ORDER BY i.stream_offset"
+    );
+    let rows = conn
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            [
+                stream.into(),
+                count.into(),
+                topics.into(),
+                payloads.into(),
+                priorities.into(),
+                delays.into(),
+            ],
+        ))
+        .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let ids = rows
+        .iter()
+        .map(|row| row.try_get_by_index::<i64>(0))
+        .collect::<Result<Vec<_>, DbErr>>()?;
+    Ok(Some(ids))
 }
