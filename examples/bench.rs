@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--db sqlite|postgres|both] [--url URL] [--quick]
-//!                                        [--rounds N] [--soak SECONDS]
+//!                                        [--rounds N] [--only SCENARIO] [--soak SECONDS]
 //! ```
 //!
 //! Every scenario runs once through the library and once as plain SQL through
@@ -87,6 +87,8 @@ struct Args {
     quick: bool,
     rounds: usize,
     soak: Option<u64>,
+    /// Run only the scenarios whose name contains this.
+    only: Option<String>,
 }
 
 impl Args {
@@ -97,6 +99,7 @@ impl Args {
             quick: false,
             rounds: 5,
             soak: None,
+            only: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -115,6 +118,7 @@ impl Args {
                 "--url" => args.url = Some(it.next().ok_or("--url needs a value")?),
                 "--rounds" => args.rounds = it.next().ok_or("--rounds needs a value")?.parse()?,
                 "--soak" => args.soak = Some(it.next().ok_or("--soak needs seconds")?.parse()?),
+                "--only" => args.only = Some(it.next().ok_or("--only needs a scenario name")?),
                 other => return Err(format!("unknown argument {other}").into()),
             }
         }
@@ -393,19 +397,34 @@ async fn run_all(env: &Env, args: &Args) -> BoxResult<Vec<Measured>> {
         args.rounds,
         if args.quick { ", quick" } else { "" }
     );
-    let scenarios: Vec<Measured> = vec![
-        publish_batch(env, args).await?,
-        publish_single(env, args, 1).await?,
-        publish_single(env, args, 8).await?,
-        end_to_end(env, args, 100).await?,
-        end_to_end(env, args, 1).await?,
-    ];
-    let mut all = scenarios;
-    all.extend(latency(env, args).await?);
-    all.push(claim_cost(env, args).await?);
-    // Replays the log the claim-cost scenario filled, before the next scenario empties it.
-    all.push(replay_rss(env, args).await?);
-    all.push(payload_1mib(env, args).await?);
+    let wants = |name: &str| args.only.as_deref().is_none_or(|only| name.contains(only));
+    let mut all = Vec::new();
+    if wants("publish_batch_1000") {
+        all.push(publish_batch(env, args).await?);
+    }
+    if wants("publish_single_1task") {
+        all.push(publish_single(env, args, 1).await?);
+    }
+    if wants("publish_single_8tasks") {
+        all.push(publish_single(env, args, 8).await?);
+    }
+    if wants("e2e_batch100_4subs") {
+        all.push(end_to_end(env, args, 100).await?);
+    }
+    if wants("e2e_batch1_4subs") {
+        all.push(end_to_end(env, args, 1).await?);
+    }
+    if wants("latency_publish_to_receive") {
+        all.extend(latency(env, args).await?);
+    }
+    if wants("claim_cost_1m_vs_1k_backlog") || wants("replay_1m_peak_rss_mb") {
+        all.push(claim_cost(env, args).await?);
+        // Replays the log the claim-cost scenario filled, before the next scenario empties it.
+        all.push(replay_rss(env, args).await?);
+    }
+    if wants("payload_1mib") {
+        all.push(payload_1mib(env, args).await?);
+    }
     for m in &all {
         println!(
             "BENCH {db} {} lib={:.3} raw={:.3} ratio={:.3}",
