@@ -46,25 +46,57 @@ impl Publisher {
     }
 }
 
-/// Queues validated messages for writing and waits for their ids.
+/// Writes validated messages and returns their ids: at once, in the caller's task, when no
+/// other write is in flight; otherwise queued for the write that follows the current one.
 ///
-/// The writing runs in a task of its own, so a caller that stops waiting (its future dropped)
-/// cannot strand the requests queued behind it; its own messages may still be published.
+/// The queued writes run in a task of their own, so a caller that stops waiting (its future
+/// dropped) cannot strand the requests queued behind it; its own messages may still be
+/// published. A caller writing inline hands the queue over to such a task when it finishes,
+/// or when it is dropped mid-write.
 pub(crate) async fn submit(queue: &MessageQueue, messages: Vec<NewMessage>) -> Result<Vec<i64>> {
-    let (reply, answer) = oneshot::channel();
-    let start_writer = {
-        let mut state = queue.publisher().state();
-        state.pending.push_back(Request { messages, reply });
-        !std::mem::replace(&mut state.writing, true)
-    };
-    if start_writer {
-        tokio::spawn(write_pending(queue.clone()));
+    let inline = !std::mem::replace(&mut queue.publisher().state().writing, true);
+    if inline {
+        let handover = Handover(queue);
+        let result = queue.write_batch(&messages).await;
+        drop(handover);
+        result
+    } else {
+        let (reply, answer) = oneshot::channel();
+        let start_writer = {
+            let mut state = queue.publisher().state();
+            state.pending.push_back(Request { messages, reply });
+            !std::mem::replace(&mut state.writing, true)
+        };
+        if start_writer {
+            tokio::spawn(write_pending(queue.clone()));
+        }
+        answer.await.map_err(|_| {
+            MqError::Database(DbErr::Custom(
+                "the publishing task stopped before the write finished".into(),
+            ))
+        })?
     }
-    answer.await.map_err(|_| {
-        MqError::Database(DbErr::Custom(
-            "the publishing task stopped before the write finished".into(),
-        ))
-    })?
+}
+
+/// Ends an inline write: starts a writing task for whatever was queued meanwhile, or marks
+/// the publisher idle. Runs on drop, so a cancelled caller hands over too.
+struct Handover<'a>(&'a MessageQueue);
+
+impl Drop for Handover<'_> {
+    fn drop(&mut self) {
+        let queue = self.0;
+        let mut state = queue.publisher().state();
+        if state.pending.is_empty() {
+            state.writing = false;
+        } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(write_pending(queue.clone()));
+        } else {
+            // No runtime to hand over to (it is shutting down): the waiters will see their
+            // replies dropped and report an error.
+            state.pending.clear();
+            state.writing = false;
+        }
+    }
 }
 
 async fn write_pending(queue: MessageQueue) {

@@ -628,3 +628,51 @@ async fn concurrent_publishes_each_get_their_own_result() {
     let offsets: Vec<i64> = stored.iter().map(|m| m.offset).collect();
     assert_eq!(offsets, (1..=stored.len() as i64).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelled_publishes_do_not_strand_the_others() {
+    let (queue, _db) = common::queue("cancelled_publishes").await;
+    queue.create_stream("s").await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let queue = queue.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..25 {
+                // Every other publish is started and abandoned at once, whether it was about
+                // to write itself or queued behind another writer.
+                let abandoned = queue.publish("s", "abandoned", json!({"t": t, "i": i}));
+                let _ = futures::FutureExt::now_or_never(abandoned);
+                ids.push(
+                    queue
+                        .publish("s", "kept", json!({"t": t, "i": i}))
+                        .await
+                        .unwrap(),
+                );
+            }
+            ids
+        }));
+    }
+    let mut kept = BTreeSet::new();
+    for task in tasks {
+        let ids = tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("a publish was stranded")
+            .unwrap();
+        kept.extend(ids);
+    }
+    assert_eq!(kept.len(), 200);
+    let stored = replay_all(&queue, "s").await;
+    let stored_kept: BTreeSet<i64> = stored
+        .iter()
+        .filter(|m| m.topic == "kept")
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(stored_kept, kept);
+    let offsets: Vec<i64> = stored.iter().map(|m| m.offset).collect();
+    assert_eq!(
+        offsets,
+        (1..=stored.len() as i64).collect::<Vec<_>>(),
+        "no gaps"
+    );
+}
