@@ -47,6 +47,10 @@ const POOL_SIZE: u32 = 20;
 
 #[tokio::main]
 async fn main() -> BoxResult<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--child-replay") {
+        return child_replay(&argv[2..]).await;
+    }
     let args = Args::parse()?;
     if let Some(seconds) = args.soak {
         return soak(&args, seconds).await;
@@ -1100,62 +1104,44 @@ fn proc_status_kb(field: &str) -> Option<f64> {
 }
 
 /// Peak RSS growth while replaying the whole log, in MB: the library's replay against a plain
-/// sqlx row stream over the same rows. The target is absolute: growth < 50 MB.
+/// sqlx row stream over the same rows. Each replay runs in a child process of its own (this
+/// program, started with `--child-replay`), so that memory the benchmark used before cannot
+/// hide or inflate the growth. The target is absolute: growth < 50 MB.
 async fn replay_rss(env: &Env, args: &Args) -> BoxResult<Measured> {
     let total = args.size(1_000_000, 100_000);
     let mut m = Measured::new("replay_1m_peak_rss_mb", "MB", Better::Lower);
-    // The claim-cost scenario left `total` messages in the stream "big"; reuse them.
-    let queue = env.queue().await?;
+    // The claim-cost scenario left `total` messages in the stream "big"; replay them.
+    let exe = std::env::current_exe()?;
+    let child = |side: &'static str| {
+        let exe = exe.clone();
+        let url = env.url.clone();
+        let kind = env.kind.name();
+        async move {
+            let out = tokio::process::Command::new(exe)
+                .args(["--child-replay", kind, &url, side, &total.to_string()])
+                .output()
+                .await?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() {
+                return Err(format!(
+                    "replay child failed: {}{}",
+                    text,
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
+            }
+            let growth = text
+                .lines()
+                .find_map(|l| l.strip_prefix("RSS_GROWTH_MB "))
+                .ok_or("replay child printed no result")?
+                .trim()
+                .parse::<f64>()?;
+            Ok::<f64, Box<dyn Error + Send + Sync>>(growth)
+        }
+    };
     for round in 0..args.rounds.min(3) {
-        m.lib.push(
-            rss_growth(|| async {
-                let mut replay = queue.stream("big").from_offset(1).batch_size(1000).build();
-                let mut n = 0usize;
-                while let Some(msg) = replay.next().await {
-                    std::hint::black_box(msg?);
-                    n += 1;
-                }
-                if n < total {
-                    return Err(format!("replayed {n} of {total}").into());
-                }
-                Ok(())
-            })
-            .await?,
-        );
-        m.raw.push(rss_growth(|| async {
-            let mut n = 0usize;
-            match &env.raw {
-                Raw::Pg(pool) => {
-                    let mut rows = sqlx::query(
-                        "SELECT m.id, m.stream_offset, m.topic, m.payload::text, m.priority, m.created_at \
-                         FROM mq_messages m JOIN mq_streams s ON s.id = m.stream_id \
-                         WHERE s.name = 'big' ORDER BY m.stream_offset",
-                    )
-                    .fetch(pool);
-                    while let Some(row) = rows.next().await {
-                        std::hint::black_box(row?);
-                        n += 1;
-                    }
-                }
-                Raw::Lite(pool) => {
-                    let mut rows = sqlx::query(
-                        "SELECT m.id, m.stream_offset, m.topic, m.payload, m.priority, m.created_at \
-                         FROM mq_messages m JOIN mq_streams s ON s.id = m.stream_id \
-                         WHERE s.name = 'big' ORDER BY m.stream_offset",
-                    )
-                    .fetch(pool);
-                    while let Some(row) = rows.next().await {
-                        std::hint::black_box(row?);
-                        n += 1;
-                    }
-                }
-            }
-            if n < total {
-                return Err(format!("streamed {n} of {total}").into());
-            }
-            Ok(())
-        })
-        .await?);
+        m.lib.push(child("lib").await?);
+        m.raw.push(child("raw").await?);
         eprintln!(
             "   replay round {round}: lib +{:.1} MB, raw +{:.1} MB",
             m.lib[round], m.raw[round]
@@ -1169,18 +1155,63 @@ async fn replay_rss(env: &Env, args: &Args) -> BoxResult<Measured> {
     Ok(m)
 }
 
-/// Runs `work` and returns the growth of peak RSS over the RSS before it, in MB.
-async fn rss_growth<F, Fut>(work: F) -> BoxResult<f64>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = BoxResult<()>>,
-{
-    // Resets the peak ("high water mark") to the current RSS (Linux 4.0+).
-    std::fs::write("/proc/self/clear_refs", "5")?;
+/// The child side of [`replay_rss`]: connects, reads the first page (so that connection and
+/// statement caches exist), then replays everything and prints the growth of peak RSS.
+async fn child_replay(argv: &[String]) -> BoxResult<()> {
+    let [kind, url, side, total] = argv else {
+        return Err("--child-replay <sqlite|postgres> <url> <lib|raw> <total>".into());
+    };
+    let total: usize = total.parse()?;
+    let db_type = if kind == "postgres" {
+        DatabaseType::Postgres
+    } else {
+        DatabaseType::Sqlite
+    };
+    let queue = MessageQueue::with_options(
+        db_type,
+        url,
+        QueueOptions::new().pool_size(2).run_migrations(false),
+    )
+    .await?;
+    let sql = "SELECT m.id, m.stream_offset, m.topic, m.payload, m.priority, m.created_at \
+               FROM mq_messages m JOIN mq_streams s ON s.id = m.stream_id \
+               WHERE s.name = 'big' ORDER BY m.stream_offset";
+    let pg = (db_type == DatabaseType::Postgres)
+        .then(|| queue.connection().get_postgres_connection_pool().clone());
+    let lite = (db_type == DatabaseType::Sqlite)
+        .then(|| queue.connection().get_sqlite_connection_pool().clone());
+    // Warm up: the first page, then measure from here.
+    let mut warm = queue.stream("big").batch_size(1000).build();
+    warm.next().await.ok_or("empty stream")??;
+    drop(warm);
     let before = proc_status_kb("VmRSS:").ok_or("no VmRSS")?;
-    work().await?;
+    std::fs::write("/proc/self/clear_refs", "5")?;
+    let mut n = 0usize;
+    if side == "lib" {
+        let mut replay = queue.stream("big").from_offset(1).batch_size(1000).build();
+        while let Some(msg) = replay.next().await {
+            std::hint::black_box(msg?);
+            n += 1;
+        }
+    } else if let Some(pool) = pg {
+        let mut rows = sqlx::query(sql).fetch(&pool);
+        while let Some(row) = rows.next().await {
+            std::hint::black_box(row?);
+            n += 1;
+        }
+    } else if let Some(pool) = lite {
+        let mut rows = sqlx::query(sql).fetch(&pool);
+        while let Some(row) = rows.next().await {
+            std::hint::black_box(row?);
+            n += 1;
+        }
+    }
+    if n < total {
+        return Err(format!("replayed {n} of {total}").into());
+    }
     let peak = proc_status_kb("VmHWM:").ok_or("no VmHWM")?;
-    Ok(((peak - before) / 1024.0).max(0.0))
+    println!("RSS_GROWTH_MB {:.3}", ((peak - before) / 1024.0).max(0.0));
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -25,6 +25,11 @@ const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// How often a polling member refreshes its heartbeat in the registry.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often a claim on SQLite first returns the group's expired leases to the ready set (on
+/// PostgreSQL every claim does, in the same statement). An expired lease is therefore
+/// redelivered at most this much later than it expires.
+const REAP_INTERVAL: Duration = Duration::from_millis(200);
+
 /// Longest interval between the heartbeats of a subscriber stream.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
@@ -49,6 +54,8 @@ pub struct Subscriber {
     max_attempts: i32,
     retry_backoff: Duration,
     last_touch: Instant,
+    /// When this member last reaped expired leases (`None`: never).
+    last_reap: Option<Instant>,
 }
 
 /// What a subscriber shares with its stream's heartbeat task and its drop guard.
@@ -127,6 +134,7 @@ impl Subscriber {
             max_attempts: options.max_attempts,
             retry_backoff: options.retry_backoff,
             last_touch: Instant::now(),
+            last_reap: None,
         }
     }
 
@@ -201,6 +209,12 @@ impl Subscriber {
             self.member.touch().await?;
             self.last_touch = Instant::now();
         }
+        let reap = self
+            .last_reap
+            .is_none_or(|at| at.elapsed() >= REAP_INTERVAL);
+        if reap {
+            self.last_reap = Some(Instant::now());
+        }
         let member = &self.member;
         let request = ClaimRequest {
             group_id: member.group_id,
@@ -211,6 +225,7 @@ impl Subscriber {
             limit: self.batch_size,
             visibility_ms: member.visibility_ms,
             max_attempts: self.max_attempts,
+            reap,
         };
         let span =
             tracing::debug_span!("claim", stream = %member.stream, consumer = %member.consumer_id);

@@ -48,6 +48,9 @@ pub(crate) struct ClaimRequest<'a> {
     pub(crate) limit: u32,
     pub(crate) visibility_ms: i64,
     pub(crate) max_attempts: i32,
+    /// Whether to return expired leases to the ready set first. PostgreSQL always does, in
+    /// the claim statement itself; on SQLite it is a statement of its own, run at intervals.
+    pub(crate) reap: bool,
 }
 
 /// A claimed message with its lease.
@@ -220,7 +223,9 @@ where
             let txn = begin_write(conn).await?;
             let result = async {
                 materialize(&txn, req.group_id, req.stream_id).await?;
-                reap_expired(&txn, req.group_id, req.max_attempts).await?;
+                if req.reap {
+                    reap_expired(&txn, req.group_id, req.max_attempts).await?;
+                }
                 sqlite::claim(&txn, req).await
             }
             .await;
