@@ -379,6 +379,12 @@ pub(crate) async fn ack<C: ConnectionTrait>(
     group_id: i64,
     leases: &[(i64, i64)],
 ) -> Result<Vec<i64>> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    if conn.get_database_backend() == DbBackend::Postgres {
+        return postgres::ack(conn, group_id, leases).await;
+    }
     let mut acked = Vec::with_capacity(leases.len());
     for chunk in leases.chunks(ID_CHUNK) {
         let delete = Query::delete()

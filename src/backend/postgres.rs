@@ -281,3 +281,31 @@ pub(crate) async fn append_messages<C: ConnectionTrait>(
         .collect::<Result<Vec<_>, DbErr>>()?;
     Ok(Some(ids))
 }
+
+/// Deletes (acknowledges) the given leases and returns the message ids whose lease was still
+/// held. The leases travel as two arrays joined with `unnest`, so the statement has three bind
+/// parameters whatever the batch size; with one parameter per id PostgreSQL spends longer
+/// binding and planning an ack of 100 messages than running it. Fenced like the portable
+/// form: a row whose lease token changed is left alone.
+pub(crate) async fn ack<C: ConnectionTrait>(
+    conn: &C,
+    group_id: i64,
+    leases: &[(i64, i64)],
+) -> Result<Vec<i64>, MqError> {
+    let ids: Vec<i64> = leases.iter().map(|l| l.0).collect();
+    let tokens: Vec<i64> = leases.iter().map(|l| l.1).collect();
+    let rows = conn
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "DELETE FROM mq_deliveries d \
+             USING unnest($2::int8[], $3::int8[]) AS l(message_id, lease_token) \
+             WHERE d.group_id = $1 AND d.message_id = l.message_id \
+               AND d.lease_token = l.lease_token AND d.state::integer = 1 \
+             RETURNING d.message_id",
+            [group_id.into(), ids.into(), tokens.into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| row.try_get_by_index::<i64>(0).map_err(MqError::from))
+        .collect()
+}
