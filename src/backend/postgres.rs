@@ -283,10 +283,12 @@ pub(crate) async fn append_messages<C: ConnectionTrait>(
 }
 
 /// Deletes (acknowledges) the given leases and returns the message ids whose lease was still
-/// held. The leases travel as two arrays joined with `unnest`, so the statement has three bind
-/// parameters whatever the batch size; with one parameter per id PostgreSQL spends longer
-/// binding and planning an ack of 100 messages than running it. Fenced like the portable
-/// form: a row whose lease token changed is left alone.
+/// held. The leases travel as two arrays, so the statement has three bind parameters whatever
+/// the batch size: with one parameter per id, PostgreSQL spends longer binding and planning an
+/// ack of 100 messages than running it. The rows are found through the primary key with
+/// `= ANY`, each row's token is compared with the token at its id's position, and the
+/// `state::integer` check keeps the planner off the partial indexes (see `claim`). Joining the
+/// arrays with `unnest` instead lets the planner hash-join the whole group.
 pub(crate) async fn ack<C: ConnectionTrait>(
     conn: &C,
     group_id: i64,
@@ -298,9 +300,9 @@ pub(crate) async fn ack<C: ConnectionTrait>(
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "DELETE FROM mq_deliveries d \
-             USING unnest($2::int8[], $3::int8[]) AS l(message_id, lease_token) \
-             WHERE d.group_id = $1 AND d.message_id = l.message_id \
-               AND d.lease_token = l.lease_token AND d.state::integer = 1 \
+             WHERE d.group_id = $1 AND d.message_id = ANY($2::int8[]) \
+               AND d.lease_token = ($3::int8[])[array_position($2::int8[], d.message_id)] \
+               AND d.state::integer = 1 \
              RETURNING d.message_id",
             [group_id.into(), ids.into(), tokens.into()],
         ))
