@@ -325,10 +325,10 @@ pub(crate) async fn insert_messages<C: ConnectionTrait>(
     let notify_payload = notify_payload(counts.iter().map(|(name, _)| *name));
 
     let total = messages.len();
-    // (stream id, offset) -> input position, to return ids in input order whatever order the
-    // database returns rows in.
-    let mut position: HashMap<(i64, i64), usize> = HashMap::with_capacity(total);
-    let mut ids = vec![0i64; total];
+    let mut ids = Vec::with_capacity(total);
+    // PostgreSQL: (stream id, offset) -> input position, to return ids in input order whatever
+    // order the database returns rows in.
+    let mut position: HashMap<(i64, i64), usize> = HashMap::new();
     let mut rows = messages.iter().enumerate().peekable();
     while rows.peek().is_some() {
         let mut insert = Query::insert();
@@ -341,13 +341,17 @@ pub(crate) async fn insert_messages<C: ConnectionTrait>(
             message::Column::CreatedAt,
             message::Column::DeliverAt,
         ]);
+        let mut chunk_rows: i64 = 0;
         for (index, m) in rows.by_ref().take(INSERT_CHUNK_ROWS) {
             let slot = next
                 .get_mut(&m.stream)
                 .ok_or_else(|| MqError::UnknownStream(m.stream.clone()))?;
             let (stream_id, offset) = (slot.0, slot.1);
             slot.1 += 1;
-            position.insert((stream_id, offset), index);
+            chunk_rows += 1;
+            if backend == DbBackend::Postgres {
+                position.insert((stream_id, offset), index);
+            }
             insert
                 .values([
                     stream_id.into(),
@@ -360,17 +364,29 @@ pub(crate) async fn insert_messages<C: ConnectionTrait>(
                 ])
                 .map_err(|e| DbErr::Custom(e.to_string()))?;
         }
-        insert.returning(Query::returning().columns([
-            message::Column::Id,
-            message::Column::StreamId,
-            message::Column::StreamOffset,
-        ]));
-        for row in conn.query_all(&insert).await? {
-            let id: i64 = row.try_get_by_index(0)?;
-            let key: (i64, i64) = (row.try_get_by_index(1)?, row.try_get_by_index(2)?);
-            if let Some(&index) = position.get(&key) {
-                ids[index] = id;
+        if backend == DbBackend::Postgres {
+            insert.returning(Query::returning().columns([
+                message::Column::Id,
+                message::Column::StreamId,
+                message::Column::StreamOffset,
+            ]));
+            ids.resize(total, 0);
+            for row in conn.query_all(&insert).await? {
+                let id: i64 = row.try_get_by_index(0)?;
+                let key: (i64, i64) = (row.try_get_by_index(1)?, row.try_get_by_index(2)?);
+                if let Some(&index) = position.get(&key) {
+                    ids[index] = id;
+                }
             }
+        } else {
+            // SQLite inserts the rows of one statement in order, each with the next rowid
+            // (AUTOINCREMENT: one more than any rowid the table ever had), and nobody else
+            // can insert meanwhile: this transaction holds the database's only write lock.
+            // So the ids are the consecutive run that ends at the last inserted rowid, and
+            // reading them back row by row (RETURNING) would only cost time.
+            let last = i64::try_from(conn.execute(&insert).await?.last_insert_id())
+                .map_err(|e| DbErr::Custom(e.to_string()))?;
+            ids.extend((last - chunk_rows + 1)..=last);
         }
     }
 
