@@ -10,6 +10,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20260101_000001_create_queue_tables;
+mod m20260102_000001_sqlite_single_statement_publish;
 
 /// Name of the table in which these migrations record the versions they have applied.
 pub const MIGRATION_TABLE: &str = "dabgent_mq_migrations";
@@ -21,7 +22,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20260101_000001_create_queue_tables::Migration)]
+        vec![
+            Box::new(m20260101_000001_create_queue_tables::Migration),
+            Box::new(m20260102_000001_sqlite_single_statement_publish::Migration),
+        ]
     }
 
     fn migration_table_name() -> DynIden {

@@ -8,6 +8,7 @@
 
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 
+use super::NewMessage;
 use super::delivery::{ClaimRequest, Claimed, load_claimed};
 use crate::error::MqError;
 
@@ -130,4 +131,38 @@ fn topic_filter(patterns: Option<&[String]>, values: &mut Vec<sea_orm::Value>) -
     }
     filter.push(')');
     filter
+}
+
+/// Appends one message in a single statement: the offset is the stream's head plus one, read
+/// and written under SQLite's write lock, and the `mq_messages_advance_head` trigger (see the
+/// migrations) moves the head within the same statement, so no transaction is needed.
+/// Returns the id, or `None` if the stream does not exist (then nothing was written).
+pub(crate) async fn append_one<C: ConnectionTrait>(
+    conn: &C,
+    message: &NewMessage,
+) -> Result<Option<i64>, MqError> {
+    let sql = format!(
+        "INSERT INTO mq_messages \
+            (stream_id, stream_offset, topic, payload, priority, created_at, deliver_at) \
+         SELECT id, last_offset + 1, ?, ?, ?, {NOW_MS}, {NOW_MS} + ? \
+         FROM mq_streams WHERE name = ?"
+    );
+    let result = conn
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            sql,
+            [
+                message.topic.as_str().into(),
+                message.payload.as_str().into(),
+                message.priority.into(),
+                message.delay_ms.into(),
+                message.stream.as_str().into(),
+            ],
+        ))
+        .await?;
+    if result.rows_affected() == 0 {
+        return Ok(None);
+    }
+    let id = i64::try_from(result.last_insert_id()).map_err(|e| DbErr::Custom(e.to_string()))?;
+    Ok(Some(id))
 }

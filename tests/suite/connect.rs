@@ -6,7 +6,7 @@ use dabgent_mq::sea_orm::{ConnectionTrait, Statement};
 use dabgent_mq::{DatabaseType, MessageQueue, MqError, QueueOptions};
 use serde_json::json;
 
-use crate::common;
+use crate::common::{self, migrations};
 
 #[tokio::test]
 async fn a_database_type_that_does_not_match_the_url_is_rejected() {
@@ -151,7 +151,10 @@ async fn from_connection_uses_the_host_pool_and_migrates() {
     // Migrations already applied: a second queue on the same connection starts fine.
     let again = MessageQueue::from_connection(host.clone()).await.unwrap();
     again.publish("orders", "t", json!(2)).await.unwrap();
-    assert_eq!(common::count(&host, "dabgent_mq_migrations").await, 1);
+    assert_eq!(
+        common::count(&host, "dabgent_mq_migrations").await,
+        migrations()
+    );
 }
 
 #[tokio::test]
@@ -181,7 +184,10 @@ async fn concurrent_starts_apply_the_migrations_once() {
         queues.push(start.await.unwrap().unwrap());
     }
     let conn = queues[0].connection();
-    assert_eq!(common::count(conn, "dabgent_mq_migrations").await, 1);
+    assert_eq!(
+        common::count(conn, "dabgent_mq_migrations").await,
+        migrations()
+    );
     queues[1].create_stream("s").await.unwrap();
     queues[2].publish("s", "t", json!(1)).await.unwrap();
 }

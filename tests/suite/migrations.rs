@@ -7,7 +7,7 @@ use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{pk_auto, string};
 use serde_json::json;
 
-use crate::common;
+use crate::common::{self, migrations};
 
 const QUEUE_TABLES: [&str; 5] = [
     "mq_streams",
@@ -120,7 +120,10 @@ async fn migrations_coexist_with_a_host_migrator_in_the_same_database() {
     queue.create_stream("s").await.unwrap();
 
     assert_eq!(common::count(&conn, "seaql_migrations").await, 1);
-    assert_eq!(common::count(&conn, "dabgent_mq_migrations").await, 1);
+    assert_eq!(
+        common::count(&conn, "dabgent_mq_migrations").await,
+        migrations()
+    );
     assert!(
         HostMigrator::get_pending_migrations(&conn)
             .await
@@ -142,5 +145,8 @@ async fn migrations_coexist_with_a_host_migrator_in_the_same_database() {
     Migrator::up(&conn, None).await.unwrap();
     HostMigrator::down(&conn, None).await.unwrap();
     assert!(table_exists(&conn, "mq_streams").await);
-    assert_eq!(common::count(&conn, "dabgent_mq_migrations").await, 1);
+    assert_eq!(
+        common::count(&conn, "dabgent_mq_migrations").await,
+        migrations()
+    );
 }

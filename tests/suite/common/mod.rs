@@ -147,3 +147,9 @@ pub(crate) async fn snapshot(queue: &MessageQueue) -> Vec<i64> {
     counts.push(heads.try_get_by_index::<i64>(0).expect("sum"));
     counts
 }
+
+/// How many migrations the library has (rows of `dabgent_mq_migrations` once all ran).
+pub(crate) fn migrations() -> i64 {
+    use migration::MigratorTrait;
+    i64::try_from(migration::Migrator::migrations().len()).expect("a few migrations")
+}
