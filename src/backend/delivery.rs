@@ -210,26 +210,31 @@ where
             };
             let mut claimed = first.claimed;
             claimed.extend(postgres::claim(conn, &rest).await?.claimed);
-            claimed.sort_by(|a, b| {
-                b.message
-                    .priority
-                    .cmp(&a.message.priority)
-                    .then(a.message.stream_offset.cmp(&b.message.stream_offset))
-            });
+            sort_claimed(&mut claimed);
             Ok(claimed)
         }
         _ => {
-            // SQLite has one writer at a time: take the write lock once for all three steps.
-            let txn = begin_write(conn).await?;
-            let result = async {
-                materialize(&txn, req.group_id, req.stream_id).await?;
-                if req.reap {
-                    reap_expired(&txn, req.group_id, req.max_attempts).await?;
-                }
-                sqlite::claim(&txn, req).await
+            // In the steady state one statement claims; expired leases are reaped before it
+            // at intervals. A short claim may mean the group is behind its stream (the claim
+            // then takes nothing): catch it up and claim the rest.
+            if req.reap {
+                reap_expired(conn, req.group_id, req.max_attempts).await?;
             }
-            .await;
-            super::finish(txn, result).await
+            let mut claimed = sqlite::claim(conn, req).await?;
+            let got = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
+            if got < req.limit {
+                let (materialized, head) = group_position(conn, req.group_id).await?;
+                if materialized < head {
+                    materialize(conn, req.group_id, req.stream_id).await?;
+                    let rest = ClaimRequest {
+                        limit: req.limit - got,
+                        ..*req
+                    };
+                    claimed.extend(sqlite::claim(conn, &rest).await?);
+                    sort_claimed(&mut claimed);
+                }
+            }
+            Ok(claimed)
         }
     }
 }
@@ -249,7 +254,7 @@ where
     if materialized >= head {
         return Ok(());
     }
-    let txn = conn.begin().await?;
+    let txn = begin_write(conn).await?;
     let result = async {
         let locked = Query::select()
             .column(consumer_group::Column::MaterializedOffset)
@@ -743,36 +748,14 @@ pub(crate) async fn list_consumers<C: ConnectionTrait>(
         .collect())
 }
 
-/// Reads the claimed messages' rows and pairs them with their leases, in claim order
-/// (priority, then offset). Shared by both dialects' claims.
-pub(crate) async fn load_claimed<C: ConnectionTrait>(
-    conn: &C,
-    leases: Vec<(i64, i32, i64)>,
-) -> Result<Vec<Claimed>> {
-    if leases.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<i64> = leases.iter().map(|l| l.0).collect();
-    let messages = find_messages(conn, &ids).await?;
-    let by_id: std::collections::HashMap<i64, (i32, i64)> =
-        leases.into_iter().map(|(id, a, t)| (id, (a, t))).collect();
-    let mut claimed: Vec<Claimed> = messages
-        .into_iter()
-        .filter_map(|m| {
-            by_id.get(&m.id).map(|&(attempts, lease_token)| Claimed {
-                message: m,
-                attempts,
-                lease_token,
-            })
-        })
-        .collect();
+/// Puts claimed messages in claim order: higher priority first, then lower offset.
+pub(crate) fn sort_claimed(claimed: &mut [Claimed]) {
     claimed.sort_by(|a, b| {
         b.message
             .priority
             .cmp(&a.message.priority)
             .then(a.message.stream_offset.cmp(&b.message.stream_offset))
     });
-    Ok(claimed)
 }
 
 /// Removes a member's registration (it is going away); its leases are released separately.

@@ -9,7 +9,7 @@
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 
 use super::NewMessage;
-use super::delivery::{ClaimRequest, Claimed, load_claimed};
+use super::delivery::{ClaimRequest, Claimed, sort_claimed};
 use crate::error::MqError;
 
 /// Epoch milliseconds by the application host's clock. `'now'` is fixed for one statement.
@@ -60,12 +60,15 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
 }
 
 /// Leases up to `req.limit` ready rows of the group and returns them with their messages, in
-/// claim order. A picked row that has already used `max_attempts` becomes a dead letter
-/// instead (see `postgres::claim`).
+/// claim order, in one autocommit statement. Claims nothing while the group has not
+/// materialized the head of its stream, so that newer messages of higher priority are not
+/// passed over (the caller then catches the group up and claims again). A picked row that has
+/// already used `max_attempts` becomes a dead letter instead (see `postgres::claim`).
 ///
-/// Concurrency: runs inside the caller's `BEGIN IMMEDIATE` transaction, so no other writer can
-/// interleave; the subquery's `LIMIT` is therefore exact (there is no SKIP LOCKED to misbehave)
-/// and one `UPDATE ... RETURNING` leases the rows and increments their lease tokens.
+/// Concurrency: a single statement runs under SQLite's write lock, so no other writer can
+/// interleave; the subquery's `LIMIT` is therefore exact (there is no SKIP LOCKED to
+/// misbehave), and one `UPDATE ... RETURNING` leases the rows, increments their lease tokens
+/// and reads their messages (correlated subqueries by primary key).
 pub(crate) async fn claim<C: ConnectionTrait>(
     conn: &C,
     req: &ClaimRequest<'_>,
@@ -90,9 +93,15 @@ pub(crate) async fn claim<C: ConnectionTrait>(
             SELECT message_id FROM mq_deliveries \
             WHERE group_id = ?1 AND state = 0 AND available_at <= {NOW_MS} \
               AND stream_offset >= ?2{filter} \
+              AND (SELECT g.materialized_offset >= s.last_offset \
+                   FROM mq_consumer_groups g JOIN mq_streams s ON s.id = g.stream_id \
+                   WHERE g.id = ?1) \
             ORDER BY priority DESC, stream_offset \
             LIMIT ?3) \
-         RETURNING message_id, state, attempts, lease_token"
+         RETURNING message_id, state, attempts, lease_token, stream_offset, priority, topic, \
+            (SELECT m.payload FROM mq_messages m WHERE m.id = mq_deliveries.message_id), \
+            (SELECT m.created_at FROM mq_messages m WHERE m.id = mq_deliveries.message_id), \
+            (SELECT m.deliver_at FROM mq_messages m WHERE m.id = mq_deliveries.message_id)"
     );
     let rows = conn
         .query_all_raw(Statement::from_sql_and_values(
@@ -101,18 +110,30 @@ pub(crate) async fn claim<C: ConnectionTrait>(
             values,
         ))
         .await?;
-    let mut leases = Vec::with_capacity(rows.len());
+    let mut claimed = Vec::with_capacity(rows.len());
     for row in &rows {
         // Rows that had used their attempts were turned into dead letters, not leased.
-        if row.try_get_by_index::<i16>(1)? == 1 {
-            leases.push((
-                row.try_get_by_index::<i64>(0)?,
-                row.try_get_by_index::<i32>(2)?,
-                row.try_get_by_index::<i64>(3)?,
-            ));
+        if row.try_get_by_index::<i16>(1)? != 1 {
+            continue;
         }
+        let payload: String = row.try_get_by_index(7)?;
+        claimed.push(Claimed {
+            message: entity::message::Model {
+                id: row.try_get_by_index(0)?,
+                stream_id: req.stream_id,
+                stream_offset: row.try_get_by_index(4)?,
+                topic: row.try_get_by_index(6)?,
+                payload: serde_json::from_str(&payload).map_err(|e| DbErr::Json(e.to_string()))?,
+                priority: row.try_get_by_index(5)?,
+                created_at: row.try_get_by_index(8)?,
+                deliver_at: row.try_get_by_index(9)?,
+            },
+            attempts: row.try_get_by_index(2)?,
+            lease_token: row.try_get_by_index(3)?,
+        });
     }
-    load_claimed(conn, leases).await
+    sort_claimed(&mut claimed);
+    Ok(claimed)
 }
 
 /// ` AND (topic GLOB ?7 OR ...)` for the patterns, binding them after `values`; empty when
