@@ -3,6 +3,13 @@
 //!
 //! Times are integer epoch milliseconds (`BIGINT`) on both databases, so that SQLite compares
 //! them as numbers, never as text in two formats.
+//!
+//! The two hot tables, `mq_messages` and `mq_deliveries`, have no foreign keys: every row the
+//! library writes there refers to a stream, group or message it has just read or locked, and
+//! nothing deletes streams, groups or messages. A foreign key would cost a lookup per inserted
+//! row (on PostgreSQL a trigger and a row lock on the referenced row, for each of the
+//! thousands of delivery rows a catch-up inserts) and would protect against nothing the
+//! library can do. The low-volume tables keep theirs.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -101,13 +108,6 @@ impl MigrationTrait for Migration {
                     .col(integer(MqMessages::Priority).default(0))
                     .col(big_integer(MqMessages::CreatedAt))
                     .col(big_integer(MqMessages::DeliverAt))
-                    .foreign_key(
-                        ForeignKey::create()
-                            .name("fk_mq_messages_stream")
-                            .from(MqMessages::Table, MqMessages::StreamId)
-                            .to(MqStreams::Table, MqStreams::Id)
-                            .on_delete(ForeignKeyAction::Cascade),
-                    )
                     .to_owned(),
             )
             .await?;
@@ -177,20 +177,6 @@ impl MigrationTrait for Migration {
                             .col(MqDeliveries::GroupId)
                             .col(MqDeliveries::MessageId),
                     )
-                    .foreign_key(
-                        ForeignKey::create()
-                            .name("fk_mq_deliveries_group")
-                            .from(MqDeliveries::Table, MqDeliveries::GroupId)
-                            .to(MqConsumerGroups::Table, MqConsumerGroups::Id)
-                            .on_delete(ForeignKeyAction::Cascade),
-                    )
-                    .foreign_key(
-                        ForeignKey::create()
-                            .name("fk_mq_deliveries_message")
-                            .from(MqDeliveries::Table, MqDeliveries::MessageId)
-                            .to(MqMessages::Table, MqMessages::Id)
-                            .on_delete(ForeignKeyAction::Cascade),
-                    )
                     .to_owned(),
             )
             .await?;
@@ -221,17 +207,6 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        // Lets deleting a message (retention) find its delivery rows.
-        manager
-            .create_index(
-                Index::create()
-                    .name("ix_mq_deliveries_message")
-                    .table(MqDeliveries::Table)
-                    .col(MqDeliveries::MessageId)
-                    .to_owned(),
-            )
-            .await?;
-
         manager
             .create_table(
                 Table::create()
