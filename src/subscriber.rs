@@ -25,9 +25,8 @@ const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// How often a polling member refreshes its heartbeat in the registry.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How often a claim on SQLite first returns the group's expired leases to the ready set (on
-/// PostgreSQL every claim does, in the same statement). An expired lease is therefore
-/// redelivered at most this much later than it expires.
+/// How often a claim first returns the group's expired leases to the ready set. An expired
+/// lease is therefore redelivered at most this much later than it expires.
 const REAP_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Longest interval between the heartbeats of a subscriber stream.

@@ -48,8 +48,8 @@ pub(crate) struct ClaimRequest<'a> {
     pub(crate) limit: u32,
     pub(crate) visibility_ms: i64,
     pub(crate) max_attempts: i32,
-    /// Whether to return expired leases to the ready set first. PostgreSQL always does, in
-    /// the claim statement itself; on SQLite it is a statement of its own, run at intervals.
+    /// Whether to return expired leases to the ready set first (done at intervals, not on
+    /// every claim).
     pub(crate) reap: bool,
 }
 
@@ -191,51 +191,36 @@ pub(crate) async fn claim<C>(conn: &C, req: &ClaimRequest<'_>) -> Result<Vec<Cla
 where
     C: ConnectionTrait + TransactionTrait,
 {
-    match conn.get_database_backend() {
-        DbBackend::Postgres => {
-            // In the steady state one statement reaps, checks the group's position and
-            // claims. A group behind its stream is caught up first (a short transaction of
-            // its own), and leases just reaped become claimable in the next statement.
-            let first = postgres::claim(conn, req).await?;
-            let got = u32::try_from(first.claimed.len()).unwrap_or(u32::MAX);
-            if got >= req.limit || (!first.behind && first.reaped == 0) {
-                return Ok(first.claimed);
-            }
-            if first.behind {
-                materialize(conn, req.group_id, req.stream_id).await?;
-            }
+    // In the steady state one statement claims; expired leases are returned to the ready
+    // set before it, at intervals. A short claim may mean that the group is behind its
+    // stream (the claim then takes nothing): catch it up and claim the rest.
+    if req.reap {
+        reap_expired(conn, req.group_id, req.max_attempts).await?;
+    }
+    let mut claimed = dialect_claim(conn, req).await?;
+    let got = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
+    if got < req.limit {
+        let (materialized, head) = group_position(conn, req.group_id).await?;
+        if materialized < head {
+            materialize(conn, req.group_id, req.stream_id).await?;
             let rest = ClaimRequest {
                 limit: req.limit - got,
                 ..*req
             };
-            let mut claimed = first.claimed;
-            claimed.extend(postgres::claim(conn, &rest).await?.claimed);
+            claimed.extend(dialect_claim(conn, &rest).await?);
             sort_claimed(&mut claimed);
-            Ok(claimed)
         }
-        _ => {
-            // In the steady state one statement claims; expired leases are reaped before it
-            // at intervals. A short claim may mean the group is behind its stream (the claim
-            // then takes nothing): catch it up and claim the rest.
-            if req.reap {
-                reap_expired(conn, req.group_id, req.max_attempts).await?;
-            }
-            let mut claimed = sqlite::claim(conn, req).await?;
-            let got = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
-            if got < req.limit {
-                let (materialized, head) = group_position(conn, req.group_id).await?;
-                if materialized < head {
-                    materialize(conn, req.group_id, req.stream_id).await?;
-                    let rest = ClaimRequest {
-                        limit: req.limit - got,
-                        ..*req
-                    };
-                    claimed.extend(sqlite::claim(conn, &rest).await?);
-                    sort_claimed(&mut claimed);
-                }
-            }
-            Ok(claimed)
-        }
+    }
+    Ok(claimed)
+}
+
+async fn dialect_claim<C: ConnectionTrait>(
+    conn: &C,
+    req: &ClaimRequest<'_>,
+) -> Result<Vec<Claimed>> {
+    match conn.get_database_backend() {
+        DbBackend::Postgres => postgres::claim(conn, req).await,
+        _ => sqlite::claim(conn, req).await,
     }
 }
 

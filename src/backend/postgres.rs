@@ -80,37 +80,23 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
     row.map_or(Ok(false), |row| row.try_get_by_index::<bool>(0))
 }
 
-/// What one claim statement found and did.
-#[derive(Debug)]
-pub(crate) struct ClaimOutcome {
-    /// The leased messages, in claim order.
-    pub(crate) claimed: Vec<Claimed>,
-    /// The group has not materialized the head of its stream; nothing was claimed then, so
-    /// that newer messages of higher priority are not passed over.
-    pub(crate) behind: bool,
-    /// Expired leases returned to the ready set by this statement; they can be claimed from
-    /// the next statement on.
-    pub(crate) reaped: i64,
-}
-
-/// In one statement: returns the group's expired leases to the ready set (or to the dead
-/// letters once they used `max_attempts`), checks that the group is caught up with its
-/// stream, and, if it is, leases up to `req.limit` ready rows and returns them with their
-/// messages, in claim order. A picked row that has already used `max_attempts` (released by a
-/// cleanup or a dropped subscriber rather than failed by expiry or nack) becomes a dead letter
-/// instead of being delivered again.
+/// Leases up to `req.limit` ready rows of the group and returns them with their messages, in
+/// claim order, in one statement. Claims nothing while the group has not materialized the
+/// head of its stream, so that newer messages of higher priority are not passed over (the
+/// caller then catches the group up and claims again). A picked row that has already used
+/// `max_attempts` (released by a cleanup or a dropped subscriber rather than failed by expiry
+/// or nack) becomes a dead letter instead of being delivered again.
 ///
 /// Concurrency: the `MATERIALIZED` CTE picks and locks candidate rows with `FOR UPDATE SKIP
 /// LOCKED`, so concurrent claimers never wait for or share a row, and the CTE runs exactly
 /// once; the `UPDATE` takes its ids as `= ANY(ARRAY(...))` (the `WHERE id IN (SELECT ... LIMIT
 /// n FOR UPDATE SKIP LOCKED)` form can claim more than n rows, PostgreSQL bug #15715). The
 /// `UPDATE` re-checks that each row is still ready before leasing it and increments its lease
-/// token, which fences every later ack and extension. The reaping `UPDATE` touches only leased
-/// rows and the claim only ready ones, so the two never meet on a row.
+/// token, which fences every later ack and extension.
 pub(crate) async fn claim<C: ConnectionTrait>(
     conn: &C,
     req: &ClaimRequest<'_>,
-) -> Result<ClaimOutcome, MqError> {
+) -> Result<Vec<Claimed>, MqError> {
     let mut values: Vec<sea_orm::Value> = vec![
         req.group_id.into(),
         req.from_offset.into(),
@@ -127,21 +113,13 @@ pub(crate) async fn claim<C: ConnectionTrait>(
     // after a large catch-up) walk the whole ready index instead of the primary key.
     let limit = req.limit;
     let sql = format!(
-        "WITH pos AS ( \
-            SELECT g.materialized_offset < s.last_offset AS behind \
-            FROM mq_consumer_groups g JOIN mq_streams s ON s.id = g.stream_id \
-            WHERE g.id = $1 \
-         ), reaped AS ( \
-            UPDATE mq_deliveries \
-            SET state = CASE WHEN attempts >= $5 THEN 2 ELSE 0 END, \
-                lease_expires_at = NULL, consumer_id = NULL, available_at = {NOW_MS} \
-            WHERE group_id = $1 AND state = 1 AND lease_expires_at <= {NOW_MS} \
-            RETURNING 1 \
-         ), c AS MATERIALIZED ( \
+        "WITH c AS MATERIALIZED ( \
             SELECT message_id FROM mq_deliveries \
             WHERE group_id = $1 AND state = 0 AND available_at <= {NOW_MS} \
               AND stream_offset >= $2{filter} \
-              AND NOT COALESCE((SELECT behind FROM pos), false) \
+              AND (SELECT g.materialized_offset >= s.last_offset \
+                   FROM mq_consumer_groups g JOIN mq_streams s ON s.id = g.stream_id \
+                   WHERE g.id = $1) \
             ORDER BY priority DESC, stream_offset \
             LIMIT {limit} \
             FOR UPDATE SKIP LOCKED \
@@ -157,11 +135,10 @@ pub(crate) async fn claim<C: ConnectionTrait>(
               AND d.state::integer = 0 \
             RETURNING d.message_id, d.state, d.attempts, d.lease_token \
          ) \
-         SELECT p.behind, (SELECT count(*) FROM reaped) AS reaped, \
-                m.id, m.stream_id, m.stream_offset, m.topic, m.payload, m.priority, \
+         SELECT m.id, m.stream_id, m.stream_offset, m.topic, m.payload, m.priority, \
                 m.created_at, m.deliver_at, u.attempts, u.lease_token \
-         FROM (SELECT COALESCE((SELECT behind FROM pos), false) AS behind) p \
-         LEFT JOIN (u JOIN mq_messages m ON m.id = u.message_id AND u.state = 1) ON true \
+         FROM u JOIN mq_messages m ON m.id = u.message_id \
+         WHERE u.state = 1 \
          ORDER BY m.priority DESC, m.stream_offset"
     );
     let rows = conn
@@ -171,24 +148,15 @@ pub(crate) async fn claim<C: ConnectionTrait>(
             values,
         ))
         .await?;
-    let mut outcome = ClaimOutcome {
-        claimed: Vec::with_capacity(rows.len()),
-        behind: false,
-        reaped: 0,
-    };
-    for row in &rows {
-        outcome.behind = row.try_get("", "behind")?;
-        outcome.reaped = row.try_get("", "reaped")?;
-        // The one row of an empty claim carries only the flags.
-        if row.try_get::<Option<i64>>("", "id")?.is_some() {
-            outcome.claimed.push(Claimed {
+    rows.iter()
+        .map(|row| {
+            Ok(Claimed {
                 message: entity::message::Model::from_query_result(row, "")?,
                 attempts: row.try_get("", "attempts")?,
                 lease_token: row.try_get("", "lease_token")?,
-            });
-        }
-    }
-    Ok(outcome)
+            })
+        })
+        .collect()
 }
 
 /// ` AND (topic LIKE $6 ESCAPE E'\\' OR ...)` for the patterns, binding them after `values`;
