@@ -104,10 +104,12 @@ impl MigrationTrait for Migration {
                     .col(big_integer(MqMessages::StreamId))
                     .col(big_integer(MqMessages::StreamOffset))
                     .col(string_len(MqMessages::Topic, 255))
-                    .col(json_binary(MqMessages::Payload))
                     .col(integer(MqMessages::Priority).default(0))
                     .col(big_integer(MqMessages::CreatedAt))
                     .col(big_integer(MqMessages::DeliverAt))
+                    // Last, because SQLite reads a row's columns in order: every column after
+                    // a large payload would cost a walk through its overflow pages.
+                    .col(json_binary(MqMessages::Payload))
                     .to_owned(),
             )
             .await?;
