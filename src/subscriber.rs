@@ -196,6 +196,13 @@ impl Subscriber {
                 let due = Duration::from_millis(u64::try_from(due_ms).unwrap_or(0));
                 wait = wait.min(due + Duration::from_millis(1));
             }
+            // So is a lease that expires (or has expired and waits for the next reap).
+            if let Some(expiry_ms) =
+                delivery::next_expiry_in(&self.member.db, self.member.group_id).await?
+            {
+                let due = Duration::from_millis(u64::try_from(expiry_ms).unwrap_or(0));
+                wait = wait.min(due.max(REAP_INTERVAL / 4));
+            }
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep(wait) => {}

@@ -11,7 +11,9 @@
 //! that has since been given to someone else.
 
 use entity::{consumer, consumer_group, delivery, message, stream};
-use sea_orm::sea_query::{Alias, Condition, Expr, ExprTrait, LockType, OnConflict, Query};
+use sea_orm::sea_query::{
+    Alias, Condition, Expr, ExprTrait, LockType, OnConflict, Query, UpdateStatement,
+};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
     TransactionTrait,
@@ -331,6 +333,24 @@ async fn group_position<C: ConnectionTrait>(conn: &C, group_id: i64) -> Result<(
     }
 }
 
+/// The start of an `UPDATE` that ends leases: the rows forget their holder and become ready
+/// at `available_at`, or dead letters when `max_attempts` is given and they have used it.
+fn end_leases(max_attempts: Option<i32>, available_at: Expr) -> UpdateStatement {
+    let state: Expr = match max_attempts {
+        Some(max) => Expr::case(Expr::col(delivery::Column::Attempts).gte(max), DEAD)
+            .finally(READY)
+            .into(),
+        None => READY.into(),
+    };
+    Query::update()
+        .table(delivery::Entity)
+        .value(delivery::Column::State, state)
+        .value(delivery::Column::LeaseExpiresAt, Expr::null())
+        .value(delivery::Column::ConsumerId, Expr::null())
+        .value(delivery::Column::AvailableAt, available_at)
+        .to_owned()
+}
+
 /// Returns the group's expired leases to the ready set (or to the dead letters once they have
 /// used `max_attempts`). The attempt was counted when the lease was taken.
 ///
@@ -342,19 +362,7 @@ async fn reap_expired<C: ConnectionTrait>(
     max_attempts: i32,
 ) -> Result<u64> {
     let backend = conn.get_database_backend();
-    let update = Query::update()
-        .table(delivery::Entity)
-        .value(
-            delivery::Column::State,
-            Expr::case(
-                Expr::col(delivery::Column::Attempts).gte(max_attempts),
-                DEAD,
-            )
-            .finally(READY),
-        )
-        .value(delivery::Column::LeaseExpiresAt, Expr::null())
-        .value(delivery::Column::ConsumerId, Expr::null())
-        .value(delivery::Column::AvailableAt, now_ms(backend))
+    let update = end_leases(Some(max_attempts), now_ms(backend))
         .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
         .and_where(Expr::col(delivery::Column::State).eq(LEASED))
         .and_where(Expr::col(delivery::Column::LeaseExpiresAt).lte(now_ms(backend)))
@@ -427,22 +435,7 @@ pub(crate) async fn nack<C: ConnectionTrait>(
     backoff_ms: i64,
 ) -> Result<bool> {
     let backend = conn.get_database_backend();
-    let update = Query::update()
-        .table(delivery::Entity)
-        .value(
-            delivery::Column::State,
-            Expr::case(
-                Expr::col(delivery::Column::Attempts).gte(max_attempts),
-                DEAD,
-            )
-            .finally(READY),
-        )
-        .value(delivery::Column::LeaseExpiresAt, Expr::null())
-        .value(delivery::Column::ConsumerId, Expr::null())
-        .value(
-            delivery::Column::AvailableAt,
-            now_ms(backend).add(backoff_ms),
-        )
+    let update = end_leases(Some(max_attempts), now_ms(backend).add(backoff_ms))
         .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
         .and_where(Expr::col(delivery::Column::MessageId).eq(lease.0))
         .and_where(leased_by_key())
@@ -490,12 +483,7 @@ pub(crate) async fn release_leases<C: ConnectionTrait>(
     let backend = conn.get_database_backend();
     let mut released = 0;
     for chunk in leases.chunks(ID_CHUNK) {
-        let update = Query::update()
-            .table(delivery::Entity)
-            .value(delivery::Column::State, READY)
-            .value(delivery::Column::LeaseExpiresAt, Expr::null())
-            .value(delivery::Column::ConsumerId, Expr::null())
-            .value(delivery::Column::AvailableAt, now_ms(backend))
+        let update = end_leases(None, now_ms(backend))
             .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
             .and_where(leased_by_key())
             .cond_where(held_leases(chunk))
@@ -529,12 +517,7 @@ where
         for row in &removed {
             let group_id: i64 = row.try_get_by_index(0)?;
             let consumer_id: String = row.try_get_by_index(1)?;
-            let release = Query::update()
-                .table(delivery::Entity)
-                .value(delivery::Column::State, READY)
-                .value(delivery::Column::LeaseExpiresAt, Expr::null())
-                .value(delivery::Column::ConsumerId, Expr::null())
-                .value(delivery::Column::AvailableAt, now_ms(backend))
+            let release = end_leases(None, now_ms(backend))
                 .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
                 .and_where(Expr::col(delivery::Column::State).eq(LEASED))
                 .and_where(Expr::col(delivery::Column::ConsumerId).eq(consumer_id))
@@ -774,6 +757,29 @@ pub(crate) async fn next_ready_in<C: ConnectionTrait>(
         .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
         .and_where(Expr::col(delivery::Column::State).eq(READY))
         .and_where(Expr::col(delivery::Column::AvailableAt).gt(now_ms(backend)))
+        .to_owned();
+    match conn.query_one(&select).await? {
+        Some(row) => Ok(row.try_get_by_index::<Option<i64>>(0)?),
+        None => Ok(None),
+    }
+}
+
+/// Milliseconds until the group's next lease expires (negative if one already has), if any
+/// message is leased. Lets a waiting poll pick up an expired lease promptly.
+pub(crate) async fn next_expiry_in<C: ConnectionTrait>(
+    conn: &C,
+    group_id: i64,
+) -> Result<Option<i64>> {
+    let backend = conn.get_database_backend();
+    let select = Query::select()
+        .expr(
+            Expr::col(delivery::Column::LeaseExpiresAt)
+                .min()
+                .sub(now_ms(backend)),
+        )
+        .from(delivery::Entity)
+        .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
+        .and_where(Expr::col(delivery::Column::State).eq(LEASED))
         .to_owned();
     match conn.query_one(&select).await? {
         Some(row) => Ok(row.try_get_by_index::<Option<i64>>(0)?),

@@ -132,12 +132,44 @@ pub(crate) async fn connect(
             connect.max_connections(options.pool_size.unwrap_or(20));
         }
     }
-    Database::connect(connect)
-        .await
-        .map_err(|source| MqError::Connection {
-            backend: db_type.name(),
-            source,
-        })
+    // Opening a SQLite file switches it to WAL, which needs a moment of exclusive access: when
+    // several queues open a new file at once, SQLite reports "database is locked" without
+    // waiting on its busy timeout. Try again until the busy timeout has passed.
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match Database::connect(connect.clone()).await {
+            Ok(db) => return Ok(db),
+            Err(err)
+                if db_type == DatabaseType::Sqlite
+                    && is_sqlite_busy(&err)
+                    && started.elapsed() < options.sqlite_busy_timeout =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            }
+            Err(source) => {
+                return Err(MqError::Connection {
+                    backend: db_type.name(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+fn is_sqlite_busy(err: &DbErr) -> bool {
+    match err {
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => match e.as_ref() {
+            sea_orm::sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|code| matches!(code.as_ref(), "5" | "6" | "261" | "262" | "517")),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 fn mismatch(db_type: DatabaseType, url: &str) -> MqError {

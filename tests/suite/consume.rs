@@ -860,3 +860,30 @@ async fn extreme_timeouts_are_handled_without_panicking() {
         .unwrap_err();
     assert!(matches!(err, MqError::InvalidConfig(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_waiting_poll_receives_a_message_whose_lease_expired() {
+    let (queue, _db) = common::queue_with(
+        "expiry_wakes_waiting_poll",
+        common::options().backstop_poll_interval(Duration::from_secs(30)),
+    )
+    .await;
+    let ids = publish_n(&queue, "s", 1).await;
+    let mut holder = queue
+        .subscribe_with_options(now("s").visibility_timeout(Duration::from_millis(400)))
+        .await
+        .unwrap();
+    assert_eq!(holder.poll().await.unwrap()[0].id, ids[0]);
+    let mut waiting = queue
+        .subscribe_with_options(SubscribeOptions::new("s").poll_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let got = waiting.poll().await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!((got[0].id, got[0].attempt), (ids[0], 2));
+    assert!(
+        waited < Duration::from_millis(1200),
+        "took {waited:?} with a 30 s backstop"
+    );
+}
