@@ -374,11 +374,11 @@ async fn a_nacked_message_comes_back_after_its_backoff() {
     tokio::time::sleep(Duration::from_millis(650)).await;
     let again = sub.poll().await.unwrap();
     assert_eq!((again[0].id, again[0].attempt), (ids[0], 2));
-    // The second backoff is twice as long (±20 %): still away after 0.75 s.
+    // The second backoff is twice as long (±20 %, so at least 0.8 s): still away after 0.6 s.
     sub.nack(ids[0]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(750)).await;
-    assert!(sub.poll().await.unwrap().is_empty(), "backoff did not grow");
     tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(sub.poll().await.unwrap().is_empty(), "backoff did not grow");
+    tokio::time::sleep(Duration::from_millis(750)).await;
     assert_eq!(sub.poll().await.unwrap()[0].attempt, 3);
 }
 
@@ -661,7 +661,7 @@ async fn the_stream_heartbeats_while_the_caller_processes() {
     let sub = queue
         .subscribe_with_options(
             SubscribeOptions::new("s")
-                .visibility_timeout(Duration::from_millis(300))
+                .visibility_timeout(Duration::from_millis(600))
                 .poll_timeout(Duration::from_millis(100)),
         )
         .await
@@ -671,7 +671,7 @@ async fn the_stream_heartbeats_while_the_caller_processes() {
     // Processing takes three visibility timeouts; the leases must survive it.
     let mut rival = queue.subscribe_with_options(now("s")).await.unwrap();
     for _ in 0..9 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(
             rival.poll().await.unwrap().is_empty(),
             "a lease ran out while processing"
