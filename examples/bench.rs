@@ -1275,6 +1275,9 @@ fn print_table(all: &[(Kind, Vec<Measured>)], args: &Args) {
 // Soak
 // ---------------------------------------------------------------------------------------------
 
+/// Messages per second the soak publishes.
+const SOAK_RATE: usize = 5000;
+
 /// Steady publish + consume on PostgreSQL for `seconds`, reporting throughput and dead tuples
 /// per minute; the last minute must reach 0.8 of the first.
 async fn soak(args: &Args, seconds: u64) -> BoxResult<()> {
@@ -1290,11 +1293,17 @@ async fn soak_in(env: &Env, seconds: u64) -> BoxResult<()> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let consumed = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
+    // Publishers are paced: a queue fed faster than it is drained grows without bound, and
+    // on two cores unpaced publishers would also starve the consumers of CPU. Two
+    // publishers of batches of 100, each at half the rate.
+    let per_publisher = Duration::from_secs_f64(200.0 / SOAK_RATE as f64);
     for p in 0..2 {
         let (queue, stop) = (queue.clone(), stop.clone());
         handles.push(tokio::spawn(async move {
             let mut n = 0usize;
+            let mut tick = tokio::time::interval(per_publisher);
             while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
                 let msgs = (0..100).map(|i| {
                     Message::new("soak", "order.created", payload(p * 1_000_000_000 + n + i))
                 });
@@ -1333,7 +1342,9 @@ async fn soak_in(env: &Env, seconds: u64) -> BoxResult<()> {
     let minutes = seconds.div_ceil(60).max(1);
     let mut per_minute = Vec::new();
     let mut last = 0usize;
-    println!("minute  consumed/s  dead tuples (deliveries, messages, groups, streams)");
+    println!(
+        "publishing {SOAK_RATE} msg/s; minute  consumed/s  dead tuples (deliveries, messages, groups, streams)"
+    );
     for minute in 1..=minutes {
         let span = Duration::from_secs(seconds.min(60 * minute) - 60 * (minute - 1));
         tokio::time::sleep(span).await;

@@ -12,7 +12,7 @@
 
 use entity::{consumer, consumer_group, delivery, message, stream};
 use sea_orm::sea_query::{
-    Alias, Condition, Expr, ExprTrait, LockType, OnConflict, Query, UpdateStatement,
+    Alias, Condition, Expr, ExprTrait, LockBehavior, LockType, OnConflict, Query, UpdateStatement,
 };
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
@@ -193,27 +193,14 @@ pub(crate) async fn claim<C>(conn: &C, req: &ClaimRequest<'_>) -> Result<Vec<Cla
 where
     C: ConnectionTrait + TransactionTrait,
 {
-    // In the steady state one statement claims; expired leases are returned to the ready
-    // set before it, at intervals. A short claim may mean that the group is behind its
-    // stream (the claim then takes nothing): catch it up and claim the rest.
+    // Catch the group up with its stream before picking, so that priorities are exact among
+    // everything published before the claim; then one statement claims. Expired leases are
+    // returned to the ready set first, at intervals.
+    materialize(conn, req.group_id, req.stream_id).await?;
     if req.reap {
         reap_expired(conn, req.group_id, req.max_attempts).await?;
     }
-    let mut claimed = dialect_claim(conn, req).await?;
-    let got = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
-    if got < req.limit {
-        let (materialized, head) = group_position(conn, req.group_id).await?;
-        if materialized < head {
-            materialize(conn, req.group_id, req.stream_id).await?;
-            let rest = ClaimRequest {
-                limit: req.limit - got,
-                ..*req
-            };
-            claimed.extend(dialect_claim(conn, &rest).await?);
-            sort_claimed(&mut claimed);
-        }
-    }
-    Ok(claimed)
+    dialect_claim(conn, req).await
 }
 
 async fn dialect_claim<C: ConnectionTrait>(
@@ -229,8 +216,9 @@ async fn dialect_claim<C: ConnectionTrait>(
 /// Inserts the delivery rows of every message the group has not seen yet, up to the committed
 /// head of the stream. Cheap when the group is caught up (one indexed read).
 ///
-/// Concurrency: the group row is locked (`FOR UPDATE` on PostgreSQL; SQLite's write lock),
-/// so one materializer per group runs at a time, and it reads the head after taking the lock.
+/// Concurrency: the group row is locked (`FOR NO KEY UPDATE SKIP LOCKED` on PostgreSQL, where
+/// a claimer that finds another one materializing skips it; SQLite's write lock), so one
+/// materializer per group runs at a time, and it reads the head after taking the lock.
 /// The head is only ever read as committed, and a publisher updates it in the same
 /// transaction as its messages, so every offset up to it is visible.
 async fn materialize<C>(conn: &C, group_id: i64, stream_id: i64) -> Result<()>
@@ -248,8 +236,10 @@ where
             .from(consumer_group::Entity)
             .and_where(Expr::col(consumer_group::Column::Id).eq(group_id))
             // NO KEY UPDATE, not UPDATE: it still excludes a second materializer, but not
-            // the foreign-key checks of members joining the group meanwhile.
-            .lock(LockType::NoKeyUpdate)
+            // the foreign-key checks of members joining the group meanwhile. SKIP LOCKED: if
+            // another member is catching the group up right now, there is no point in
+            // waiting for it only to find nothing left to do; claim what is there.
+            .lock_with_behavior(LockType::NoKeyUpdate, LockBehavior::SkipLocked)
             .to_owned();
         let Some(row) = txn.query_one(&locked).await? else {
             return Ok(());

@@ -60,10 +60,9 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
 }
 
 /// Leases up to `req.limit` ready rows of the group and returns them with their messages, in
-/// claim order, in one autocommit statement. Claims nothing while the group has not
-/// materialized the head of its stream, so that newer messages of higher priority are not
-/// passed over (the caller then catches the group up and claims again). A picked row that has
-/// already used `max_attempts` becomes a dead letter instead (see `postgres::claim`).
+/// claim order, in one autocommit statement (the caller has caught the group up with its
+/// stream first). A picked row that has already used `max_attempts` becomes a dead letter
+/// instead (see `postgres::claim`).
 ///
 /// Concurrency: a single statement runs under SQLite's write lock, so no other writer can
 /// interleave; the subquery's `LIMIT` is therefore exact (there is no SKIP LOCKED to
@@ -93,9 +92,6 @@ pub(crate) async fn claim<C: ConnectionTrait>(
             SELECT message_id FROM mq_deliveries \
             WHERE group_id = ?1 AND state = 0 AND available_at <= {NOW_MS} \
               AND stream_offset >= ?2{filter} \
-              AND (SELECT g.materialized_offset >= s.last_offset \
-                   FROM mq_consumer_groups g JOIN mq_streams s ON s.id = g.stream_id \
-                   WHERE g.id = ?1) \
             ORDER BY priority DESC, stream_offset \
             LIMIT ?3) \
          RETURNING message_id, state, attempts, lease_token, stream_offset, priority, topic, \
