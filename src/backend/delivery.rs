@@ -12,7 +12,7 @@
 
 use entity::{consumer, consumer_group, delivery, message, stream};
 use sea_orm::sea_query::{
-    Alias, Condition, Expr, ExprTrait, LockBehavior, LockType, OnConflict, Query, UpdateStatement,
+    Alias, Condition, Expr, ExprTrait, LockType, OnConflict, Query, UpdateStatement,
 };
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
@@ -216,9 +216,9 @@ async fn dialect_claim<C: ConnectionTrait>(
 /// Inserts the delivery rows of every message the group has not seen yet, up to the committed
 /// head of the stream. Cheap when the group is caught up (one indexed read).
 ///
-/// Concurrency: the group row is locked (`FOR NO KEY UPDATE SKIP LOCKED` on PostgreSQL, where
-/// a claimer that finds another one materializing skips it; SQLite's write lock), so one
-/// materializer per group runs at a time, and it reads the head after taking the lock.
+/// Concurrency: the group row is locked (`FOR NO KEY UPDATE` on PostgreSQL; SQLite's write
+/// lock), so one materializer per group runs at a time, and it reads the head after taking
+/// the lock.
 /// The head is only ever read as committed, and a publisher updates it in the same
 /// transaction as its messages, so every offset up to it is visible.
 async fn materialize<C>(conn: &C, group_id: i64, stream_id: i64) -> Result<()>
@@ -236,10 +236,11 @@ where
             .from(consumer_group::Entity)
             .and_where(Expr::col(consumer_group::Column::Id).eq(group_id))
             // NO KEY UPDATE, not UPDATE: it still excludes a second materializer, but not
-            // the foreign-key checks of members joining the group meanwhile. SKIP LOCKED: if
-            // another member is catching the group up right now, there is no point in
-            // waiting for it only to find nothing left to do; claim what is there.
-            .lock_with_behavior(LockType::NoKeyUpdate, LockBehavior::SkipLocked)
+            // the foreign-key checks of members joining the group meanwhile. Waiting here
+            // (rather than SKIP LOCKED) is deliberate: a member that skipped would claim
+            // from a group that is not caught up yet, or come back empty and poll again,
+            // which under load costs more than the wait.
+            .lock(LockType::NoKeyUpdate)
             .to_owned();
         let Some(row) = txn.query_one(&locked).await? else {
             return Ok(());
