@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
 use serde_json::Value;
 use tracing::Instrument;
 
@@ -542,18 +542,21 @@ impl MessageQueue {
             .await?
             .ok_or_else(|| MqError::UnknownStream(stream.to_owned()))?;
         let rows = delivery::list_consumers(db, stream_row.id).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(row, group)| Consumer {
-                consumer_id: row.consumer_id,
-                group,
-                stream: stream.to_owned(),
-                topics: serde_json::from_value(row.patterns).unwrap_or_default(),
-                last_heartbeat: millis_to_time(row.last_heartbeat_at),
-                acked_offset: row.acked_offset,
-                registered_at: millis_to_time(row.created_at),
+        rows.into_iter()
+            .map(|(row, group)| {
+                Ok(Consumer {
+                    topics: serde_json::from_value(row.patterns).map_err(|e| {
+                        DbErr::Json(format!("patterns of consumer {}: {e}", row.consumer_id))
+                    })?,
+                    consumer_id: row.consumer_id,
+                    group,
+                    stream: stream.to_owned(),
+                    last_heartbeat: millis_to_time(row.last_heartbeat_at),
+                    acked_offset: row.acked_offset,
+                    registered_at: millis_to_time(row.created_at),
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Removes every member, of any stream and group, that has shown no sign of life (poll,

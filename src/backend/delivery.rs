@@ -737,22 +737,15 @@ pub(crate) async fn next_ready_in<C: ConnectionTrait>(
     conn: &C,
     group_id: i64,
 ) -> Result<Option<i64>> {
-    let backend = conn.get_database_backend();
-    let select = Query::select()
-        .expr(
-            Expr::col(delivery::Column::AvailableAt)
-                .min()
-                .sub(now_ms(backend)),
-        )
-        .from(delivery::Entity)
-        .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
-        .and_where(Expr::col(delivery::Column::State).eq(READY))
-        .and_where(Expr::col(delivery::Column::AvailableAt).gt(now_ms(backend)))
-        .to_owned();
-    match conn.query_one(&select).await? {
-        Some(row) => Ok(row.try_get_by_index::<Option<i64>>(0)?),
-        None => Ok(None),
-    }
+    let later = Expr::col(delivery::Column::AvailableAt).gt(now_ms(conn.get_database_backend()));
+    earliest_in(
+        conn,
+        group_id,
+        READY,
+        delivery::Column::AvailableAt,
+        Some(later),
+    )
+    .await
 }
 
 /// Milliseconds until the group's next lease expires (negative if one already has), if any
@@ -761,17 +754,34 @@ pub(crate) async fn next_expiry_in<C: ConnectionTrait>(
     conn: &C,
     group_id: i64,
 ) -> Result<Option<i64>> {
+    earliest_in(
+        conn,
+        group_id,
+        LEASED,
+        delivery::Column::LeaseExpiresAt,
+        None,
+    )
+    .await
+}
+
+/// `MIN(column) - now` over the group's rows in `state` (and `extra`), by the database clock.
+async fn earliest_in<C: ConnectionTrait>(
+    conn: &C,
+    group_id: i64,
+    state: i16,
+    column: delivery::Column,
+    extra: Option<Expr>,
+) -> Result<Option<i64>> {
     let backend = conn.get_database_backend();
-    let select = Query::select()
-        .expr(
-            Expr::col(delivery::Column::LeaseExpiresAt)
-                .min()
-                .sub(now_ms(backend)),
-        )
+    let mut select = Query::select();
+    select
+        .expr(Expr::col(column).min().sub(now_ms(backend)))
         .from(delivery::Entity)
         .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
-        .and_where(Expr::col(delivery::Column::State).eq(LEASED))
-        .to_owned();
+        .and_where(Expr::col(delivery::Column::State).eq(state));
+    if let Some(extra) = extra {
+        select.and_where(extra);
+    }
     match conn.query_one(&select).await? {
         Some(row) => Ok(row.try_get_by_index::<Option<i64>>(0)?),
         None => Ok(None),
