@@ -2,10 +2,12 @@
 //!
 //! ```text
 //! dabgent-mq-test-worker --db postgres --url URL --stream S --group G --tasks 4 \
-//!     --out FILE [--idle-ms 1500] [--batch 10] [--visibility-ms 30000]
+//!     --out FILE [--received FILE] [--idle-ms 1500] [--batch 10] [--visibility-ms 30000] \
+//!     [--max-attempts 5]
 //! ```
 //!
-//! Runs `--tasks` subscribers of one group. Each appends the id of every message to `--out`
+//! Runs `--tasks` subscribers of one group, with consumer ids `worker-<pid>-<task>`. Each
+//! appends the id of every message to `--received` (if given) when it arrives and to `--out`
 //! right after its `ack` returned, so a parent can count deliveries exactly, even across
 //! SIGKILL. Exits when no task has received anything for `--idle-ms`.
 
@@ -37,6 +39,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         args.get("visibility-ms")
             .map_or(Ok(30_000), |v| v.parse())?,
     );
+    let max_attempts: i32 = args.get("max-attempts").map_or(Ok(5), |v| v.parse())?;
     let stream = get("stream")?;
     let group = get("group")?;
     let out = Arc::new(Mutex::new(
@@ -45,6 +48,15 @@ async fn main() -> Result<(), Box<dyn Error>> {
             .append(true)
             .open(get("out")?)?,
     ));
+    let received = match args.get("received") {
+        Some(path) => Some(Arc::new(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        ))),
+        None => None,
+    };
     let pool = u32::try_from(tasks + 2)?;
     let queue =
         MessageQueue::with_options(db_type, &get("url")?, QueueOptions::new().pool_size(pool))
@@ -54,13 +66,15 @@ async fn main() -> Result<(), Box<dyn Error>> {
     for task in 0..tasks {
         let queue = queue.clone();
         let (stream, group, out) = (stream.clone(), group.clone(), out.clone());
+        let received = received.clone();
         handles.push(tokio::spawn(async move {
             let options = SubscribeOptions::new(stream)
                 .group(group)
                 .consumer_id(format!("worker-{}-{task}", std::process::id()))
                 .batch_size(batch)
                 .visibility_timeout(visibility)
-                .poll_timeout(Duration::from_millis(250));
+                .poll_timeout(Duration::from_millis(250))
+                .max_attempts(max_attempts);
             let mut sub = queue.subscribe_with_options(options).await?;
             let mut last_seen = Instant::now();
             loop {
@@ -80,15 +94,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
                     continue;
                 }
                 last_seen = Instant::now();
+                if let Some(received) = &received {
+                    let ids: String = messages.iter().map(|m| format!("{}\n", m.id)).collect();
+                    append(received, &ids)?;
+                }
                 for message in messages {
                     match sub.ack(message.id).await {
-                        Ok(()) => {
-                            let mut file = out
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner);
-                            writeln!(file, "{}", message.id)
-                                .map_err(|e| dabgent_mq::MqError::InvalidConfig(e.to_string()))?;
-                        }
+                        Ok(()) => append(&out, &format!("{}\n", message.id))?,
                         Err(err) => eprintln!("worker: ack of {} failed: {err}", message.id),
                     }
                 }
@@ -99,6 +111,15 @@ async fn main() -> Result<(), Box<dyn Error>> {
         handle.await??;
     }
     Ok(())
+}
+
+/// Appends `lines` with one `write` call, so a SIGKILL leaves whole lines behind.
+fn append(file: &Mutex<std::fs::File>, lines: &str) -> dabgent_mq::Result<()> {
+    let mut file = file
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    file.write_all(lines.as_bytes())
+        .map_err(|e| dabgent_mq::MqError::InvalidConfig(e.to_string()))
 }
 
 fn parse_args() -> Result<HashMap<String, String>, Box<dyn Error>> {
