@@ -8,6 +8,10 @@ use serde_json::Value;
 
 use crate::error::{MqError, Result};
 
+/// Longest accepted delay: delivery times must stay representable, as epoch milliseconds on
+/// both databases and as a `DateTime<Utc>`.
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// A message of a stream.
 ///
 /// The same type is built for publishing ([`Message::new`], then [`with_priority`] and
@@ -83,7 +87,8 @@ impl Message {
     }
 
     /// Delays delivery: subscribers receive the message no earlier than `delay` after it is
-    /// stored (by the database's clock). Replay sees it at once.
+    /// stored (by the database's clock). Replay sees it at once. Delays longer than 100 years
+    /// are refused when the message is published ([`MqError::InvalidConfig`]).
     #[must_use]
     pub fn with_delay(mut self, delay: Duration) -> Self {
         self.delay = delay;

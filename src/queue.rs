@@ -13,7 +13,7 @@ use crate::backend::delivery;
 use crate::backend::{self, NewMessage, WriteGate};
 use crate::error::{MqError, Result};
 use crate::group::{Consumer, GroupStats};
-use crate::message::Message;
+use crate::message::{MAX_DELAY, Message};
 use crate::notify::{Listener, Notifier};
 use crate::options::QueueOptions;
 use crate::options::SubscribeOptions;
@@ -462,7 +462,8 @@ impl MessageQueue {
     ///
     /// # Errors
     ///
-    /// [`MqError::UnknownStream`], [`MqError::UnknownGroup`], [`MqError::Database`].
+    /// [`MqError::InvalidName`], [`MqError::UnknownStream`], [`MqError::UnknownGroup`],
+    /// [`MqError::Database`].
     pub async fn dead_letters(&self, stream: &str, group: &str) -> Result<Vec<Message>> {
         let (_, group_id) = self.resolve_group(stream, group).await?;
         let rows = delivery::dead_letters(&self.inner.db, group_id).await?;
@@ -535,8 +536,9 @@ impl MessageQueue {
     ///
     /// # Errors
     ///
-    /// [`MqError::UnknownStream`], [`MqError::Database`].
+    /// [`MqError::InvalidName`], [`MqError::UnknownStream`], [`MqError::Database`].
     pub async fn consumers(&self, stream: &str) -> Result<Vec<Consumer>> {
+        topic::validate_name(stream)?;
         let db = &self.inner.db;
         let stream_row = backend::find_stream(db, stream)
             .await?
@@ -579,6 +581,8 @@ impl MessageQueue {
     }
 
     async fn resolve_group(&self, stream: &str, group: &str) -> Result<(i64, i64)> {
+        topic::validate_name(stream)?;
+        topic::validate_name(group)?;
         let db = &self.inner.db;
         let stream_row = backend::find_stream(db, stream)
             .await?
@@ -643,6 +647,11 @@ fn prepare(message: Message, max_payload_bytes: usize) -> Result<NewMessage> {
     topic::validate_name(&message.stream)?;
     topic::validate_topic(&message.topic)?;
     let payload = serialize_payload(&message.payload, max_payload_bytes)?;
+    if message.delay > MAX_DELAY {
+        return Err(MqError::InvalidConfig(
+            "delay must be at most 100 years".into(),
+        ));
+    }
     let delay_ms = i64::try_from(message.delay.as_millis())
         .map_err(|_| MqError::InvalidConfig("delay is too long".into()))?;
     Ok(NewMessage {

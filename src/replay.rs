@@ -49,8 +49,8 @@ impl ReplayBuilder {
     /// The replay: a [`Stream`] of the stream's messages with offset >= `from_offset`, in
     /// offset order, ending at the head of the log as it is when the last page is read.
     ///
-    /// An unknown stream or a batch size of 0 yields one error and ends; so does a database
-    /// error.
+    /// An invalid stream name, an unknown stream or a batch size of 0 yields one error and
+    /// ends; so does a database error.
     pub fn build(self) -> Replay {
         let ReplayBuilder {
             db,
@@ -62,6 +62,7 @@ impl ReplayBuilder {
             if batch_size == 0 {
                 Err(MqError::InvalidConfig("replay batch size must be at least 1".into()))?;
             }
+            crate::topic::validate_name(&stream)?;
             let stream_row = backend::find_stream(&db, &stream)
                 .await?
                 .ok_or_else(|| MqError::UnknownStream(stream.clone()))?;

@@ -200,13 +200,34 @@ where
     if req.reap {
         reap_expired(conn, req.group_id, req.max_attempts).await?;
     }
-    dialect_claim(conn, req).await
+    // A picked row that has already used its attempts is buried as a dead letter rather than
+    // leased, and must not cost a place in the batch: a claim whose best rows were all such
+    // rows would return nothing while other messages are ready, and a waiting poll would
+    // sleep on them. So claim again for the places they took. Each round buries at least one
+    // row, so this ends.
+    let mut claimed = Vec::new();
+    let mut limit = req.limit;
+    let mut rounds = 0;
+    loop {
+        let (leased, buried) = dialect_claim(conn, &ClaimRequest { limit, ..*req }).await?;
+        limit = limit.saturating_sub(u32::try_from(leased.len()).unwrap_or(u32::MAX));
+        claimed.extend(leased);
+        rounds += 1;
+        if buried == 0 || limit == 0 {
+            break;
+        }
+    }
+    if rounds > 1 {
+        sort_claimed(&mut claimed);
+    }
+    Ok(claimed)
 }
 
+/// One claim statement: the rows leased, and how many picked rows were buried instead.
 async fn dialect_claim<C: ConnectionTrait>(
     conn: &C,
     req: &ClaimRequest<'_>,
-) -> Result<Vec<Claimed>> {
+) -> Result<(Vec<Claimed>, usize)> {
     match conn.get_database_backend() {
         DbBackend::Postgres => postgres::claim(conn, req).await,
         _ => sqlite::claim(conn, req).await,

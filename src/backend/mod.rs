@@ -468,6 +468,9 @@ pub(crate) async fn read_messages<C: ConnectionTrait>(
     from_offset: i64,
     limit: u64,
 ) -> Result<Vec<message::Model>> {
+    // The drivers bind a limit as a signed 64-bit integer and panic beyond it; no stream holds
+    // more messages than that anyway.
+    let limit = Ord::min(limit, i64::MAX.unsigned_abs());
     Ok(message::Entity::find()
         .filter(message::Column::StreamId.eq(stream_id))
         .filter(message::Column::StreamOffset.gte(from_offset))

@@ -84,7 +84,8 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
 /// claim order, in one statement (the caller has caught the group up with its stream first). A
 /// picked row that has already used
 /// `max_attempts` (released by a cleanup or a dropped subscriber rather than failed by expiry
-/// or nack) becomes a dead letter instead of being delivered again.
+/// or nack) becomes a dead letter instead of being delivered again; the second value counts
+/// those (they come back without a message: the join skips reading it).
 ///
 /// Concurrency: the `MATERIALIZED` CTE picks and locks candidate rows with `FOR UPDATE SKIP
 /// LOCKED`, so concurrent claimers never wait for or share a row, and the CTE runs exactly
@@ -95,7 +96,7 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
 pub(crate) async fn claim<C: ConnectionTrait>(
     conn: &C,
     req: &ClaimRequest<'_>,
-) -> Result<Vec<Claimed>, MqError> {
+) -> Result<(Vec<Claimed>, usize), MqError> {
     let mut values: Vec<sea_orm::Value> = vec![
         req.group_id.into(),
         req.from_offset.into(),
@@ -131,10 +132,9 @@ pub(crate) async fn claim<C: ConnectionTrait>(
               AND d.state::integer = 0 \
             RETURNING d.message_id, d.state, d.attempts, d.lease_token \
          ) \
-         SELECT m.id, m.stream_id, m.stream_offset, m.topic, m.payload, m.priority, \
+         SELECT u.state, m.id, m.stream_id, m.stream_offset, m.topic, m.payload, m.priority, \
                 m.created_at, m.deliver_at, u.attempts, u.lease_token \
-         FROM u JOIN mq_messages m ON m.id = u.message_id \
-         WHERE u.state = 1 \
+         FROM u LEFT JOIN mq_messages m ON m.id = u.message_id AND u.state = 1 \
          ORDER BY m.priority DESC, m.stream_offset"
     );
     let rows = conn
@@ -144,15 +144,20 @@ pub(crate) async fn claim<C: ConnectionTrait>(
             values,
         ))
         .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Claimed {
-                message: entity::message::Model::from_query_result(row, "")?,
-                attempts: row.try_get("", "attempts")?,
-                lease_token: row.try_get("", "lease_token")?,
-            })
-        })
-        .collect()
+    let mut claimed = Vec::with_capacity(rows.len());
+    let mut buried = 0;
+    for row in &rows {
+        if row.try_get::<i16>("", "state")? != 1 {
+            buried += 1;
+            continue;
+        }
+        claimed.push(Claimed {
+            message: entity::message::Model::from_query_result(row, "")?,
+            attempts: row.try_get("", "attempts")?,
+            lease_token: row.try_get("", "lease_token")?,
+        });
+    }
+    Ok((claimed, buried))
 }
 
 /// ` AND (topic LIKE $6 ESCAPE E'\\' OR ...)` for the patterns, binding them after `values`;

@@ -62,7 +62,7 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
 /// Leases up to `req.limit` ready rows of the group and returns them with their messages, in
 /// claim order, in one autocommit statement (the caller has caught the group up with its
 /// stream first). A picked row that has already used `max_attempts` becomes a dead letter
-/// instead (see `postgres::claim`).
+/// instead (see `postgres::claim`); the second value counts those.
 ///
 /// Concurrency: a single statement runs under SQLite's write lock, so no other writer can
 /// interleave; the subquery's `LIMIT` is therefore exact (there is no SKIP LOCKED to
@@ -71,7 +71,7 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
 pub(crate) async fn claim<C: ConnectionTrait>(
     conn: &C,
     req: &ClaimRequest<'_>,
-) -> Result<Vec<Claimed>, MqError> {
+) -> Result<(Vec<Claimed>, usize), MqError> {
     let mut values: Vec<sea_orm::Value> = vec![
         req.group_id.into(),
         req.from_offset.into(),
@@ -107,9 +107,11 @@ pub(crate) async fn claim<C: ConnectionTrait>(
         ))
         .await?;
     let mut claimed = Vec::with_capacity(rows.len());
+    let mut buried = 0;
     for row in &rows {
         // Rows that had used their attempts were turned into dead letters, not leased.
         if row.try_get_by_index::<i16>(1)? != 1 {
+            buried += 1;
             continue;
         }
         let payload: String = row.try_get_by_index(7)?;
@@ -129,7 +131,7 @@ pub(crate) async fn claim<C: ConnectionTrait>(
         });
     }
     sort_claimed(&mut claimed);
-    Ok(claimed)
+    Ok((claimed, buried))
 }
 
 /// ` AND (topic GLOB ?7 OR ...)` for the patterns, binding them after `values`; empty when

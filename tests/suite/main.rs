@@ -17,9 +17,12 @@
 mod common;
 mod connect;
 mod consume;
+mod hostile;
 mod migrations;
+mod model;
 mod processes;
 mod publish;
 mod replay;
+mod restart;
 mod topics;
 mod wakeups;

@@ -129,7 +129,7 @@ async fn consumer_processes_of_one_group_deliver_every_message_exactly_once() {
     assert_eq!(seen.len(), TOTAL, "only published ids were delivered");
     let per_process: Vec<usize> = files
         .iter()
-        .map(|f| count_ids(&[f.clone()]).len())
+        .map(|f| count_ids(std::slice::from_ref(f)).len())
         .collect();
     eprintln!(
         "exactly once: {processes} processes x {tasks} tasks, {TOTAL} published, {} delivered \
