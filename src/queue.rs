@@ -235,8 +235,9 @@ impl MessageQueue {
     /// # Errors
     ///
     /// [`MqError::UnknownStream`], [`MqError::InvalidName`], [`MqError::InvalidTopic`],
-    /// [`MqError::MessageTooLarge`] and [`MqError::InvalidPayload`] for bad input (nothing is
-    /// written); [`MqError::Database`] if the database fails.
+    /// [`MqError::MessageTooLarge`], [`MqError::InvalidPayload`] and, for a delay over 100
+    /// years, [`MqError::InvalidConfig`] for bad input (nothing is written);
+    /// [`MqError::Database`] if the database fails.
     ///
     /// # Examples
     ///

@@ -55,6 +55,8 @@ pub struct Subscriber {
     last_touch: Instant,
     /// When this member last reaped expired leases (`None`: never).
     last_reap: Option<Instant>,
+    /// Whether the previous claim filled the batch (then the group is probably caught up).
+    last_claim_full: bool,
 }
 
 /// What a subscriber shares with its stream's heartbeat task and its drop guard.
@@ -134,6 +136,7 @@ impl Subscriber {
             retry_backoff: options.retry_backoff,
             last_touch: Instant::now(),
             last_reap: None,
+            last_claim_full: false,
         }
     }
 
@@ -165,6 +168,12 @@ impl Subscriber {
     /// # Errors
     ///
     /// [`MqError::Database`] if the database fails; the poll can simply be retried.
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping a poll while it waits loses nothing. Dropping it while a claim is in flight
+    /// may leave that claim's messages leased to this member without it knowing: they are
+    /// delivered again when their visibility timeout passes.
     pub async fn poll(&mut self) -> Result<Vec<Message>> {
         let wake = self.queue.notifier().channel(&self.member.stream);
         let backstop = self.queue.options().backstop_poll_interval;
@@ -232,6 +241,7 @@ impl Subscriber {
             visibility_ms: member.visibility_ms,
             max_attempts: self.max_attempts,
             reap,
+            catch_up_first: !self.last_claim_full,
         };
         let span =
             tracing::debug_span!("claim", stream = %member.stream, consumer = %member.consumer_id);
@@ -239,6 +249,7 @@ impl Subscriber {
         let claimed = delivery::claim(&member.db, &request)
             .instrument(span)
             .await?;
+        self.last_claim_full = claimed.len() >= usize::try_from(self.batch_size).unwrap_or(0);
         let mut leases = member.leases();
         Ok(claimed
             .into_iter()

@@ -10,9 +10,12 @@
 //! - `mq_deliveries` is vacuumed after a fixed number of dead rows (not a fraction), without
 //!   the cost delay, and analyzed often, so the planner's picture of the ready set stays
 //!   current;
-//! - the small, hot rows of `mq_streams`, `mq_consumer_groups` and `mq_consumers` get pages
-//!   half empty (`fillfactor = 50`): their updates touch no indexed column, so they stay
-//!   heap-only (HOT) updates pruned within the page instead of new index entries.
+//! - the small, hot rows of `mq_streams` and `mq_consumer_groups` get pages half empty
+//!   (`fillfactor = 50`): their updates (a stream's head, a group's catch-up position) touch
+//!   no indexed column, so they stay heap-only (HOT) updates pruned within the page instead of
+//!   new index entries;
+//! - `mq_consumers` is vacuumed after a fixed number of dead rows too (a heartbeat updates an
+//!   indexed column, so its updates cannot be heap-only).
 //!
 //! These settings take effect wherever autovacuum runs (the server default). SQLite needs no
 //! counterpart: it reuses freed pages itself.
@@ -23,7 +26,8 @@ use sea_orm_migration::sea_orm::DbBackend;
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
 
-const HOT_ROWS: [&str; 3] = ["mq_streams", "mq_consumer_groups", "mq_consumers"];
+/// Tables of small rows rewritten all the time without touching an indexed column.
+const HOT_ROWS: [&str; 2] = ["mq_streams", "mq_consumer_groups"];
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
@@ -42,9 +46,12 @@ impl MigrationTrait for Migration {
         )
         .await?;
         for table in HOT_ROWS {
+            conn.execute_unprepared(&format!("ALTER TABLE {table} SET (fillfactor = 50)"))
+                .await?;
+        }
+        for table in HOT_ROWS.iter().chain(&["mq_consumers"]) {
             conn.execute_unprepared(&format!(
                 "ALTER TABLE {table} SET (\
-                     fillfactor = 50, \
                      autovacuum_vacuum_scale_factor = 0, \
                      autovacuum_vacuum_threshold = 1000, \
                      autovacuum_vacuum_cost_delay = 0)"
@@ -67,10 +74,14 @@ impl MigrationTrait for Migration {
         )
         .await?;
         for table in HOT_ROWS {
+            conn.execute_unprepared(&format!("ALTER TABLE {table} RESET (fillfactor)"))
+                .await?;
+        }
+        for table in HOT_ROWS.iter().chain(&["mq_consumers"]) {
             conn.execute_unprepared(&format!(
                 "ALTER TABLE {table} RESET (\
-                     fillfactor, autovacuum_vacuum_scale_factor, \
-                     autovacuum_vacuum_threshold, autovacuum_vacuum_cost_delay)"
+                     autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold, \
+                     autovacuum_vacuum_cost_delay)"
             ))
             .await?;
         }

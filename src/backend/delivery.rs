@@ -21,7 +21,7 @@ use sea_orm::{
 use serde_json::Value;
 
 use super::{begin_write, now_ms, postgres, sqlite};
-use crate::error::Result;
+use crate::error::{MqError, Result};
 
 /// Ready for delivery (once `available_at` has passed).
 pub(crate) const READY: i16 = 0;
@@ -53,6 +53,9 @@ pub(crate) struct ClaimRequest<'a> {
     /// Whether to return expired leases to the ready set first (done at intervals, not on
     /// every claim).
     pub(crate) reap: bool,
+    /// Whether to catch the group up before the first pick, because it is probably behind
+    /// (the member's previous claim came back short, so it has been waiting for messages).
+    pub(crate) catch_up_first: bool,
 }
 
 /// A claimed message with its lease.
@@ -186,36 +189,62 @@ pub(crate) async fn touch_consumer<C: ConnectionTrait>(
     Ok(conn.execute(&update).await?.rows_affected() > 0)
 }
 
-/// Claims up to `req.limit` ready messages for a member: catches the group up with the head
-/// of the stream, returns expired leases to the ready set, then leases the best ready rows
-/// (priority, then offset). Results are in claim order.
+/// Claims up to `req.limit` ready messages for a member: returns expired leases to the ready
+/// set (at intervals), catches the group up with the head of its stream when it is behind, and
+/// leases the best ready rows (priority, then offset). Results are in claim order.
+///
+/// Priorities are exact among everything published before the claim, because rows are only
+/// picked from a group that is caught up. The first statement checks that itself and picks
+/// nothing otherwise, so the common case, a caught-up group with enough ready rows, costs one
+/// statement. A claim that comes back short looks at the group's position: if it was behind,
+/// it catches up and claims the remaining places (without the check: the group was just
+/// caught up, and under continuous publishing the check could fail every time). A member that
+/// has been waiting for messages catches up first instead, as its group is probably behind.
 pub(crate) async fn claim<C>(conn: &C, req: &ClaimRequest<'_>) -> Result<Vec<Claimed>>
 where
     C: ConnectionTrait + TransactionTrait,
 {
-    // Catch the group up with its stream before picking, so that priorities are exact among
-    // everything published before the claim; then one statement claims. Expired leases are
-    // returned to the ready set first, at intervals.
-    materialize(conn, req.group_id, req.stream_id).await?;
     if req.reap {
         reap_expired(conn, req.group_id, req.max_attempts).await?;
     }
-    // A picked row that has already used its attempts is buried as a dead letter rather than
-    // leased, and must not cost a place in the batch: a claim whose best rows were all such
-    // rows would return nothing while other messages are ready, and a waiting poll would
-    // sleep on them. So claim again for the places they took. Each round buries at least one
-    // row, so this ends.
+    let mut caught_up_only = true;
+    if req.catch_up_first {
+        materialize(conn, req.group_id, req.stream_id).await?;
+        caught_up_only = false;
+    }
     let mut claimed = Vec::new();
     let mut limit = req.limit;
     let mut rounds = 0;
     loop {
-        let (leased, buried) = dialect_claim(conn, &ClaimRequest { limit, ..*req }).await?;
+        let request = ClaimRequest { limit, ..*req };
+        let (leased, buried) = match dialect_claim(conn, &request, caught_up_only).await {
+            Ok(round) => round,
+            Err(err) => return settle_failed_round(claimed, err),
+        };
         limit = limit.saturating_sub(u32::try_from(leased.len()).unwrap_or(u32::MAX));
         claimed.extend(leased);
         rounds += 1;
-        if buried == 0 || limit == 0 {
+        if limit == 0 {
             break;
         }
+        // A picked row that had already used its attempts was buried as a dead letter rather
+        // than leased; it must not cost a place in the batch (a claim whose best rows were
+        // all such rows would return nothing while other messages are ready). Each such
+        // round buries at least one row, so this ends.
+        if buried > 0 {
+            continue;
+        }
+        if caught_up_only {
+            match materialize(conn, req.group_id, req.stream_id).await {
+                Ok(true) => {
+                    caught_up_only = false;
+                    continue;
+                }
+                Ok(false) => {}
+                Err(err) => return settle_failed_round(claimed, err),
+            }
+        }
+        break;
     }
     if rounds > 1 {
         sort_claimed(&mut claimed);
@@ -223,32 +252,47 @@ where
     Ok(claimed)
 }
 
-/// One claim statement: the rows leased, and how many picked rows were buried instead.
+/// A later round of a claim failed: the leases of the earlier rounds are committed, so hand
+/// them out rather than strand them until they expire; with none, the error is the result.
+fn settle_failed_round(claimed: Vec<Claimed>, err: MqError) -> Result<Vec<Claimed>> {
+    if claimed.is_empty() {
+        return Err(err);
+    }
+    tracing::warn!(error = %err, "dabgent_mq: a further claim round failed");
+    let mut claimed = claimed;
+    sort_claimed(&mut claimed);
+    Ok(claimed)
+}
+
+/// One claim statement: the rows leased, and how many picked rows were buried instead. With
+/// `caught_up_only`, it picks nothing unless the group has materialized its stream's head.
 async fn dialect_claim<C: ConnectionTrait>(
     conn: &C,
     req: &ClaimRequest<'_>,
+    caught_up_only: bool,
 ) -> Result<(Vec<Claimed>, usize)> {
     match conn.get_database_backend() {
-        DbBackend::Postgres => postgres::claim(conn, req).await,
-        _ => sqlite::claim(conn, req).await,
+        DbBackend::Postgres => postgres::claim(conn, req, caught_up_only).await,
+        _ => sqlite::claim(conn, req, caught_up_only).await,
     }
 }
 
 /// Inserts the delivery rows of every message the group has not seen yet, up to the committed
-/// head of the stream. Cheap when the group is caught up (one indexed read).
+/// head of the stream, and returns whether it was behind. Cheap when the group is caught up
+/// (one indexed read).
 ///
 /// Concurrency: the group row is locked (`FOR NO KEY UPDATE` on PostgreSQL; SQLite's write
 /// lock), so one materializer per group runs at a time, and it reads the head after taking
 /// the lock.
 /// The head is only ever read as committed, and a publisher updates it in the same
 /// transaction as its messages, so every offset up to it is visible.
-async fn materialize<C>(conn: &C, group_id: i64, stream_id: i64) -> Result<()>
+async fn materialize<C>(conn: &C, group_id: i64, stream_id: i64) -> Result<bool>
 where
     C: ConnectionTrait + TransactionTrait,
 {
     let (materialized, head) = group_position(conn, group_id).await?;
     if materialized >= head {
-        return Ok(());
+        return Ok(false);
     }
     let txn = begin_write(conn).await?;
     let result = async {
@@ -320,7 +364,7 @@ where
         Ok(())
     }
     .await;
-    super::finish(txn, result).await
+    super::finish(txn, result).await.map(|()| true)
 }
 
 /// The group's materialized offset and the committed head of its stream.

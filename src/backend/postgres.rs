@@ -81,11 +81,12 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
 }
 
 /// Leases up to `req.limit` ready rows of the group and returns them with their messages, in
-/// claim order, in one statement (the caller has caught the group up with its stream first). A
-/// picked row that has already used
+/// claim order, in one statement. With `caught_up_only`, it leases nothing unless the group
+/// has materialized its stream's head (see `delivery::claim`). A picked row that has already
+/// used
 /// `max_attempts` (released by a cleanup or a dropped subscriber rather than failed by expiry
 /// or nack) becomes a dead letter instead of being delivered again; the second value counts
-/// those (they come back without a message: the join skips reading it).
+/// those (they come back without a message: the join does not detoast their payloads).
 ///
 /// Concurrency: the `MATERIALIZED` CTE picks and locks candidate rows with `FOR UPDATE SKIP
 /// LOCKED`, so concurrent claimers never wait for or share a row, and the CTE runs exactly
@@ -96,6 +97,7 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
 pub(crate) async fn claim<C: ConnectionTrait>(
     conn: &C,
     req: &ClaimRequest<'_>,
+    caught_up_only: bool,
 ) -> Result<(Vec<Claimed>, usize), MqError> {
     let mut values: Vec<sea_orm::Value> = vec![
         req.group_id.into(),
@@ -112,11 +114,20 @@ pub(crate) async fn claim<C: ConnectionTrait>(
     // match to the partial ready index: with `state = 0` it may (on stale statistics, say
     // after a large catch-up) walk the whole ready index instead of the primary key.
     let limit = req.limit;
+    // Uncorrelated, so it is planned as a one-time filter evaluated once per statement, in
+    // the statement's snapshot: the same snapshot in which the rows are picked.
+    let guard = if caught_up_only {
+        " AND EXISTS (SELECT 1 FROM mq_consumer_groups g JOIN mq_streams s \
+               ON s.id = g.stream_id \
+               WHERE g.id = $1 AND g.materialized_offset >= s.last_offset)"
+    } else {
+        ""
+    };
     let sql = format!(
         "WITH c AS MATERIALIZED ( \
             SELECT message_id FROM mq_deliveries \
             WHERE group_id = $1 AND state = 0 AND available_at <= {NOW_MS} \
-              AND stream_offset >= $2{filter} \
+              AND stream_offset >= $2{filter}{guard} \
             ORDER BY priority DESC, stream_offset \
             LIMIT {limit} \
             FOR UPDATE SKIP LOCKED \

@@ -60,9 +60,10 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
 }
 
 /// Leases up to `req.limit` ready rows of the group and returns them with their messages, in
-/// claim order, in one autocommit statement (the caller has caught the group up with its
-/// stream first). A picked row that has already used `max_attempts` becomes a dead letter
-/// instead (see `postgres::claim`); the second value counts those.
+/// claim order, in one autocommit statement. With `caught_up_only`, it leases nothing unless
+/// the group has materialized its stream's head (see `delivery::claim`). A picked row that has
+/// already used `max_attempts` becomes a dead letter instead (see `postgres::claim`); the
+/// second value counts those.
 ///
 /// Concurrency: a single statement runs under SQLite's write lock, so no other writer can
 /// interleave; the subquery's `LIMIT` is therefore exact (there is no SKIP LOCKED to
@@ -71,6 +72,7 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
 pub(crate) async fn claim<C: ConnectionTrait>(
     conn: &C,
     req: &ClaimRequest<'_>,
+    caught_up_only: bool,
 ) -> Result<(Vec<Claimed>, usize), MqError> {
     let mut values: Vec<sea_orm::Value> = vec![
         req.group_id.into(),
@@ -81,6 +83,14 @@ pub(crate) async fn claim<C: ConnectionTrait>(
         req.max_attempts.into(),
     ];
     let filter = topic_filter(req.sql_patterns, &mut values);
+    // An uncorrelated scalar subquery: SQLite evaluates it once per statement.
+    let guard = if caught_up_only {
+        " AND (SELECT g.materialized_offset >= s.last_offset \
+               FROM mq_consumer_groups g JOIN mq_streams s ON s.id = g.stream_id \
+               WHERE g.id = ?1)"
+    } else {
+        ""
+    };
     let sql = format!(
         "UPDATE mq_deliveries \
          SET state = CASE WHEN attempts >= ?6 THEN 2 ELSE 1 END, \
@@ -91,7 +101,7 @@ pub(crate) async fn claim<C: ConnectionTrait>(
          WHERE group_id = ?1 AND state = 0 AND message_id IN ( \
             SELECT message_id FROM mq_deliveries \
             WHERE group_id = ?1 AND state = 0 AND available_at <= {NOW_MS} \
-              AND stream_offset >= ?2{filter} \
+              AND stream_offset >= ?2{filter}{guard} \
             ORDER BY priority DESC, stream_offset \
             LIMIT ?3) \
          RETURNING message_id, state, attempts, lease_token, stream_offset, priority, topic, \

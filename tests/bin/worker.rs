@@ -2,14 +2,14 @@
 //!
 //! ```text
 //! dabgent-mq-test-worker --db postgres --url URL --stream S --group G --tasks 4 \
-//!     --out FILE [--received FILE] [--idle-ms 1500] [--batch 10] [--visibility-ms 30000] \
-//!     [--max-attempts 5]
+//!     --out FILE [--received FILE] [--lost FILE] [--idle-ms 1500] [--batch 10] \
+//!     [--visibility-ms 30000] [--max-attempts 5]
 //! ```
 //!
 //! Runs `--tasks` subscribers of one group, with consumer ids `worker-<pid>-<task>`. Each
 //! appends the id of every message to `--received` (if given) when it arrives and to `--out`
 //! right after its `ack` returned, so a parent can count deliveries exactly, even across
-//! SIGKILL. Exits when no task has received anything for `--idle-ms`.
+//! SIGKILL; an ack refused because the lease was lost appends the id to `--lost`. Exits when no task has received anything for `--idle-ms`.
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -17,7 +17,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dabgent_mq::{DatabaseType, MessageQueue, QueueOptions, SubscribeOptions};
+use dabgent_mq::{DatabaseType, MessageQueue, MqError, QueueOptions, SubscribeOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
@@ -48,15 +48,19 @@ async fn main() -> Result<(), Box<dyn Error>> {
             .append(true)
             .open(get("out")?)?,
     ));
-    let received = match args.get("received") {
-        Some(path) => Some(Arc::new(Mutex::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?,
-        ))),
-        None => None,
+    let open = |name: &str| -> Result<Option<Arc<Mutex<std::fs::File>>>, std::io::Error> {
+        args.get(name)
+            .map(|path| {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?;
+                Ok(Arc::new(Mutex::new(file)))
+            })
+            .transpose()
     };
+    let received = open("received")?;
+    let lost = open("lost")?;
     let pool = u32::try_from(tasks + 2)?;
     let queue =
         MessageQueue::with_options(db_type, &get("url")?, QueueOptions::new().pool_size(pool))
@@ -66,7 +70,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     for task in 0..tasks {
         let queue = queue.clone();
         let (stream, group, out) = (stream.clone(), group.clone(), out.clone());
-        let received = received.clone();
+        let (received, lost) = (received.clone(), lost.clone());
         handles.push(tokio::spawn(async move {
             let options = SubscribeOptions::new(stream)
                 .group(group)
@@ -101,7 +105,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 for message in messages {
                     match sub.ack(message.id).await {
                         Ok(()) => append(&out, &format!("{}\n", message.id))?,
-                        Err(err) => eprintln!("worker: ack of {} failed: {err}", message.id),
+                        Err(err) => {
+                            eprintln!("worker: ack of {} failed: {err}", message.id);
+                            if let (MqError::LeaseLost(id), Some(lost)) = (&err, &lost) {
+                                append(lost, &format!("{id}\n"))?;
+                            }
+                        }
                     }
                 }
             }

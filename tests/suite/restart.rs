@@ -6,7 +6,7 @@
 //! `DATABASE_URL`; `.ci/run` sets it and runs this test alone, after everything else.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,8 +38,28 @@ impl Log {
     }
 }
 
-/// Deliveries per subscriber after the restart finished, to show each one resumed.
+/// Deliveries per subscriber of messages published after the restart, to show each one
+/// resumed (a batch claimed before the restart does not count).
 type Resumed = Arc<[AtomicUsize; 3]>;
+
+/// Whether the error is one a server going away may cause.
+fn is_outage(err: &MqError) -> bool {
+    matches!(err, MqError::Database(_) | MqError::Connection { .. })
+}
+
+async fn server_started_at(queue: &dabgent_mq::MessageQueue) -> String {
+    use dabgent_mq::sea_orm::{ConnectionTrait, Statement};
+    let conn = queue.connection();
+    conn.query_one_raw(Statement::from_string(
+        conn.get_database_backend(),
+        "SELECT CAST(pg_postmaster_start_time() AS TEXT)".to_owned(),
+    ))
+    .await
+    .unwrap()
+    .unwrap()
+    .try_get_by_index::<String>(0)
+    .unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
@@ -66,7 +86,8 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
     let log = Arc::new(Log::default());
     let publishing = Arc::new(AtomicBool::new(true));
     let consuming = Arc::new(AtomicBool::new(true));
-    let restarted = Arc::new(AtomicBool::new(false));
+    // Ids above this were published after the restart; none until it is over.
+    let resume_after = Arc::new(AtomicI64::new(i64::MAX));
     let resumed: Resumed = Arc::default();
 
     let mut publishers = Vec::new();
@@ -84,7 +105,7 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
                     Ok(id) => log.published.lock().unwrap().push(id),
                     Err(err) => {
                         assert!(
-                            matches!(err, MqError::Database(_) | MqError::Connection { .. }),
+                            is_outage(&err),
                             "a restart gives database errors, not {err:?}"
                         );
                         log.publish_errors.fetch_add(1, Ordering::Relaxed);
@@ -111,10 +132,10 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
             .subscribe_with_options(subscribe(&format!("poller-{slot}")))
             .await
             .unwrap();
-        let (log, consuming, restarted, resumed) = (
+        let (log, consuming, resume_after, resumed) = (
             log.clone(),
             consuming.clone(),
-            restarted.clone(),
+            resume_after.clone(),
             resumed.clone(),
         );
         consumers.push(tokio::spawn(async move {
@@ -126,7 +147,11 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
                 log.timed(started);
                 let batch = match polled {
                     Ok(batch) => batch,
-                    Err(_) => {
+                    Err(err) => {
+                        assert!(
+                            is_outage(&err),
+                            "a restart gives database errors, not {err:?}"
+                        );
                         log.poll_errors.fetch_add(1, Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
@@ -134,7 +159,7 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
                 };
                 for message in batch {
                     log.received.lock().unwrap().insert(message.id);
-                    if restarted.load(Ordering::Relaxed) {
+                    if message.id > resume_after.load(Ordering::Relaxed) {
                         resumed[slot].fetch_add(1, Ordering::Relaxed);
                     }
                     let started = Instant::now();
@@ -142,8 +167,13 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
                         .await
                         .expect("ack hung");
                     log.timed(started);
-                    if ack.is_err() {
-                        // Not acknowledged: the lease expires and the message comes again.
+                    if let Err(err) = ack {
+                        // Not acknowledged: the lease expires and the message comes again
+                        // (or it ran out during the outage and went to another member).
+                        assert!(
+                            is_outage(&err) || matches!(err, MqError::LeaseLost(_)),
+                            "unexpected ack error {err:?}"
+                        );
                         log.ack_errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -156,10 +186,10 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
             .await
             .unwrap()
             .into_stream();
-        let (log, consuming, restarted, resumed) = (
+        let (log, consuming, resume_after, resumed) = (
             log.clone(),
             consuming.clone(),
-            restarted.clone(),
+            resume_after.clone(),
             resumed.clone(),
         );
         consumers.push(tokio::spawn(async move {
@@ -180,7 +210,7 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
                     }
                 };
                 log.received.lock().unwrap().insert(message.id);
-                if restarted.load(Ordering::Relaxed) {
+                if message.id > resume_after.load(Ordering::Relaxed) {
                     resumed[2].fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -190,6 +220,7 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = log.published.lock().unwrap().len();
+    let first_start = server_started_at(&queue).await;
     let started = Instant::now();
     let status = tokio::process::Command::new("sh")
         .args(["-c", &command])
@@ -198,7 +229,8 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
         .unwrap();
     assert!(status.success(), "`{command}` failed: {status}");
     let restart_took = started.elapsed();
-    restarted.store(true, Ordering::Relaxed);
+    let last_before = log.published.lock().unwrap().iter().copied().max();
+    resume_after.store(last_before.unwrap_or(0), Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(4)).await;
     publishing.store(false, Ordering::Relaxed);
     for publisher in publishers {
@@ -249,6 +281,11 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
         limit.as_millis(),
     );
     assert!(after > 0, "publishing resumed after the restart");
+    assert_ne!(
+        server_started_at(&queue).await,
+        first_start,
+        "`{command}` did not restart the server of DATABASE_URL"
+    );
     assert!(
         resumed.iter().all(|n| *n > 0),
         "every subscriber resumed without being recreated: {resumed:?}"
