@@ -101,6 +101,11 @@ impl Drop for Handover<'_> {
 
 async fn write_pending(queue: MessageQueue) {
     loop {
+        // The callers answered by the previous write publish again at once; let them queue
+        // before taking the batch. Otherwise, with n concurrent publishers, the batches
+        // alternate between the callers that had queued during a write and those answered by
+        // it, and each commit carries about half of them.
+        tokio::task::yield_now().await;
         let batch = {
             let mut state = queue.publisher().state();
             if state.pending.is_empty() {

@@ -698,8 +698,9 @@ fn serialize_payload(payload: &Value, max_bytes: usize) -> Result<String> {
             _ => {}
         }
     }
+    // Most payloads are small: one allocation instead of a string of reallocations.
     let mut out = BoundedText {
-        text: Vec::new(),
+        text: Vec::with_capacity(max_bytes.min(256)),
         len: 0,
         max: max_bytes,
     };

@@ -13,7 +13,8 @@ pub struct Model {
     /// Unique stream name.
     #[sea_orm(unique)]
     pub name: String,
-    /// Offset of the newest message; publishing locks this row and increments it.
+    /// Offset of the newest message on PostgreSQL, where publishing locks this row and
+    /// increments it. Not maintained on SQLite (0), which reads the head from the log.
     pub last_offset: i64,
     /// Per-stream settings (JSON object).
     #[sea_orm(column_type = "JsonBinary")]

@@ -12,6 +12,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20260101_000001_create_queue_tables;
 mod m20260102_000001_sqlite_single_statement_publish;
 mod m20260103_000001_postgres_table_storage;
+mod m20260104_000001_sqlite_head_from_log;
 
 /// Name of the table in which these migrations record the versions they have applied.
 pub const MIGRATION_TABLE: &str = "dabgent_mq_migrations";
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20260101_000001_create_queue_tables::Migration),
             Box::new(m20260102_000001_sqlite_single_statement_publish::Migration),
             Box::new(m20260103_000001_postgres_table_storage::Migration),
+            Box::new(m20260104_000001_sqlite_head_from_log::Migration),
         ]
     }
 

@@ -311,10 +311,15 @@ where
             return Ok(());
         };
         let mut from: i64 = row.try_get_by_index(0)?;
-        let head = stream::Entity::find_by_id(stream_id)
-            .one(&txn)
-            .await?
-            .map_or(0, |s| s.last_offset);
+        let head_of_stream = Query::select()
+            .expr(super::head(txn.get_database_backend()))
+            .from(stream::Entity)
+            .and_where(Expr::col(stream::Column::Id).eq(stream_id))
+            .to_owned();
+        let head: i64 = match txn.query_one(&head_of_stream).await? {
+            Some(row) => row.try_get_by_index(0)?,
+            None => 0,
+        };
         while from < head {
             let to = Ord::min(head, from.saturating_add(MATERIALIZE_CHUNK));
             let select = Query::select()
@@ -374,7 +379,7 @@ async fn group_position<C: ConnectionTrait>(conn: &C, group_id: i64) -> Result<(
             consumer_group::Entity,
             consumer_group::Column::MaterializedOffset,
         ))
-        .column((stream::Entity, stream::Column::LastOffset))
+        .expr(super::head(conn.get_database_backend()))
         .from(consumer_group::Entity)
         .inner_join(
             stream::Entity,

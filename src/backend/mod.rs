@@ -245,6 +245,14 @@ fn now_ms(backend: DbBackend) -> Expr {
     })
 }
 
+/// The head (greatest offset) of the stream of the `mq_streams` row in scope.
+pub(crate) fn head(backend: DbBackend) -> Expr {
+    Expr::cust(match backend {
+        DbBackend::Postgres => postgres::HEAD,
+        _ => sqlite::HEAD,
+    })
+}
+
 /// Creates the stream unless it exists. Safe to race: the unique name and `ON CONFLICT DO
 /// NOTHING` make concurrent creators agree on one row.
 pub(crate) async fn create_stream<C: ConnectionTrait>(conn: &C, name: &str) -> Result<()> {
@@ -317,9 +325,10 @@ pub(crate) async fn publish_messages(
 /// order. Must run inside a transaction.
 ///
 /// Offsets: for each stream, in name order (so two batches spanning the same streams cannot
-/// deadlock), one `UPDATE ... SET last_offset = last_offset + n ... RETURNING` reserves the next
-/// `n` offsets. The row stays locked until the transaction ends, so a second publisher waits,
-/// and offsets become visible in commit order without gaps; a rollback returns them.
+/// deadlock), one `UPDATE ... RETURNING` reserves the next `n` offsets (on PostgreSQL it
+/// advances `last_offset` by `n`; on SQLite it takes the write lock and reads the head from the
+/// log). The lock is held until the transaction ends, so a second publisher waits, and offsets
+/// become visible in commit order without gaps; a rollback returns them.
 /// The same statement reads the database clock, so all times come from one clock.
 pub(crate) async fn insert_messages<C: ConnectionTrait>(
     conn: &C,
@@ -340,16 +349,20 @@ pub(crate) async fn insert_messages<C: ConnectionTrait>(
     let mut next: HashMap<String, (i64, i64)> = HashMap::with_capacity(counts.len());
     let mut now = 0i64;
     for (name, count) in &counts {
+        // PostgreSQL keeps the head in the row and advances it here. SQLite reads it from the
+        // log (see `sqlite::HEAD`); its no-op update still takes the write lock first, so a
+        // caller's deferred transaction cannot read a head that another writer then moves.
+        let advanced = match backend {
+            DbBackend::Postgres => Expr::col(stream::Column::LastOffset).add(*count),
+            _ => Expr::col(stream::Column::LastOffset),
+        };
         let stmt = Query::update()
             .table(stream::Entity)
-            .value(
-                stream::Column::LastOffset,
-                Expr::col(stream::Column::LastOffset).add(*count),
-            )
+            .value(stream::Column::LastOffset, advanced)
             .and_where(Expr::col(stream::Column::Name).eq(*name))
             .returning(Query::returning().exprs([
                 Expr::col(stream::Column::Id),
-                Expr::col(stream::Column::LastOffset),
+                head(backend),
                 now_ms(backend),
             ]))
             .to_owned();
@@ -358,9 +371,13 @@ pub(crate) async fn insert_messages<C: ConnectionTrait>(
             .await?
             .ok_or_else(|| MqError::UnknownStream((*name).to_owned()))?;
         let id: i64 = row.try_get_by_index(0)?;
-        let last: i64 = row.try_get_by_index(1)?;
+        let head: i64 = row.try_get_by_index(1)?;
         now = row.try_get_by_index(2)?;
-        next.insert((*name).to_owned(), (id, last - count + 1));
+        let first = match backend {
+            DbBackend::Postgres => head - count + 1,
+            _ => head + 1,
+        };
+        next.insert((*name).to_owned(), (id, first));
     }
     let notify_payload = notify_payload(counts.iter().map(|(name, _)| *name));
 

@@ -16,6 +16,10 @@ use crate::error::MqError;
 /// does not stand still for the length of a transaction.
 pub(crate) const NOW_MS: &str = "(EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::bigint";
 
+/// The head of the stream of the `mq_streams` row in scope, kept in the row by every publish
+/// (which locks the row to assign offsets).
+pub(crate) const HEAD: &str = "mq_streams.last_offset";
+
 /// Channel of the wake-up notifications. The payload names the streams that received
 /// messages.
 pub(crate) const NOTIFY_CHANNEL: &str = "dabgent_mq";

@@ -16,6 +16,14 @@ use crate::error::MqError;
 /// (`julianday` works on every SQLite version; `unixepoch('subsec')` needs 3.42.)
 pub(crate) const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
+/// The head of the stream of the `mq_streams` row in scope: its greatest offset, read from the
+/// log's `(stream_id, stream_offset)` index (one seek). SQLite does not keep the head in
+/// `mq_streams.last_offset`: updating it per message needs a trigger, and a trigger costs more
+/// per row than the insert itself. Every writer holds SQLite's single write lock from this
+/// read to its commit, so offsets stay gapless and in commit order.
+pub(crate) const HEAD: &str = "COALESCE((SELECT m.stream_offset FROM mq_messages m \
+     WHERE m.stream_id = mq_streams.id ORDER BY m.stream_offset DESC LIMIT 1), 0)";
+
 /// SQLite has no advisory locks: `BEGIN IMMEDIATE` already serializes concurrent migrations.
 pub(crate) async fn lock_migrations<C: ConnectionTrait>(_conn: &C) -> Result<(), DbErr> {
     Ok(())
@@ -85,11 +93,13 @@ pub(crate) async fn claim<C: ConnectionTrait>(
     let filter = topic_filter(req.sql_patterns, &mut values);
     // An uncorrelated scalar subquery: SQLite evaluates it once per statement.
     let guard = if caught_up_only {
-        " AND (SELECT g.materialized_offset >= s.last_offset \
-               FROM mq_consumer_groups g JOIN mq_streams s ON s.id = g.stream_id \
+        format!(
+            " AND (SELECT g.materialized_offset >= {HEAD} \
+               FROM mq_consumer_groups g JOIN mq_streams ON mq_streams.id = g.stream_id \
                WHERE g.id = ?1)"
+        )
     } else {
-        ""
+        String::new()
     };
     let sql = format!(
         "UPDATE mq_deliveries \
@@ -163,8 +173,7 @@ fn topic_filter(patterns: Option<&[String]>, values: &mut Vec<sea_orm::Value>) -
 }
 
 /// Appends one message in a single statement: the offset is the stream's head plus one, read
-/// and written under SQLite's write lock, and the `mq_messages_advance_head` trigger (see the
-/// migrations) moves the head within the same statement, so no transaction is needed.
+/// and written under SQLite's write lock, so no transaction is needed.
 /// Returns the id, or `None` if the stream does not exist (then nothing was written).
 pub(crate) async fn append_one<C: ConnectionTrait>(
     conn: &C,
@@ -173,7 +182,7 @@ pub(crate) async fn append_one<C: ConnectionTrait>(
     let sql = format!(
         "INSERT INTO mq_messages \
             (stream_id, stream_offset, topic, payload, priority, created_at, deliver_at) \
-         SELECT id, last_offset + 1, ?, ?, ?, {NOW_MS}, {NOW_MS} + ? \
+         SELECT id, {HEAD} + 1, ?, ?, ?, {NOW_MS}, {NOW_MS} + ? \
          FROM mq_streams WHERE name = ?"
     );
     let result = conn

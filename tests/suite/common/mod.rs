@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use dabgent_mq::sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
 };
 use dabgent_mq::{DatabaseType, MessageQueue, QueueOptions};
 
@@ -136,11 +136,19 @@ pub(crate) async fn snapshot(queue: &MessageQueue) -> Vec<i64> {
         counts.push(count(conn, table).await);
     }
     let backend = conn.get_database_backend();
+    // The streams' heads: kept in `last_offset` on PostgreSQL, the log's greatest offsets on
+    // SQLite.
+    let heads_sql = match backend {
+        DbBackend::Postgres => {
+            "SELECT CAST(COALESCE(SUM(last_offset), 0) AS BIGINT) FROM mq_streams"
+        }
+        _ => {
+            "SELECT COALESCE(SUM(head), 0) FROM \
+             (SELECT MAX(stream_offset) AS head FROM mq_messages GROUP BY stream_id)"
+        }
+    };
     let heads = conn
-        .query_one_raw(Statement::from_string(
-            backend,
-            "SELECT CAST(COALESCE(SUM(last_offset), 0) AS BIGINT) FROM mq_streams".to_owned(),
-        ))
+        .query_one_raw(Statement::from_string(backend, heads_sql.to_owned()))
         .await
         .expect("sum")
         .expect("row");
