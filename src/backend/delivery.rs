@@ -279,13 +279,8 @@ async fn dialect_claim<C: ConnectionTrait>(
 
 /// Inserts the delivery rows of every message the group has not seen yet, up to the committed
 /// head of the stream, and returns whether it was behind. Cheap when the group is caught up
-/// (one indexed read).
-///
-/// Concurrency: the group row is locked (`FOR NO KEY UPDATE` on PostgreSQL; SQLite's write
-/// lock), so one materializer per group runs at a time, and it reads the head after taking
-/// the lock.
-/// The head is only ever read as committed, and a publisher updates it in the same
-/// transaction as its messages, so every offset up to it is visible.
+/// (one indexed read). PostgreSQL catches up in one statement (`postgres::catch_up`); SQLite,
+/// where statements cost no round trip, in the portable transaction below.
 async fn materialize<C>(conn: &C, group_id: i64, stream_id: i64) -> Result<bool>
 where
     C: ConnectionTrait + TransactionTrait,
@@ -294,6 +289,24 @@ where
     if materialized >= head {
         return Ok(false);
     }
+    match conn.get_database_backend() {
+        DbBackend::Postgres => postgres::catch_up(conn, group_id, stream_id).await?,
+        _ => catch_up_in_transaction(conn, group_id, stream_id).await?,
+    }
+    Ok(true)
+}
+
+/// The catch-up as a transaction of portable statements.
+///
+/// Concurrency: the group row is locked (SQLite's write lock; `FOR NO KEY UPDATE` where rows
+/// can be locked), so one materializer per group runs at a time, and it reads the head after
+/// taking the lock.
+/// The head is only ever read as committed, and a publisher updates it in the same
+/// transaction as its messages, so every offset up to it is visible.
+async fn catch_up_in_transaction<C>(conn: &C, group_id: i64, stream_id: i64) -> Result<()>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
     let txn = begin_write(conn).await?;
     let result = async {
         let locked = Query::select()
@@ -369,7 +382,7 @@ where
         Ok(())
     }
     .await;
-    super::finish(txn, result).await.map(|()| true)
+    super::finish(txn, result).await
 }
 
 /// The group's materialized offset and the committed head of its stream.

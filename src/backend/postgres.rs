@@ -84,6 +84,54 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
     row.map_or(Ok(false), |row| row.try_get_by_index::<bool>(0))
 }
 
+/// Catches a group up with the head of its stream in one statement: inserts the delivery rows
+/// of every message the group has not seen yet and advances its position (the portable
+/// version in `delivery::materialize` takes a transaction of five statements, which SQLite
+/// runs in-process but PostgreSQL pays for in round trips on every catch-up).
+///
+/// Concurrency: the first CTE locks the group row (`FOR NO KEY UPDATE`), so one catch-up per
+/// group runs at a time; a second one waits, then sees the first one's position (PostgreSQL
+/// re-reads a locked row after waiting for it) and inserts nothing it already inserted
+/// (`ON CONFLICT DO NOTHING`, and only offsets above that position). The head and the messages
+/// are read in the statement's snapshot, in which every offset up to the head is visible,
+/// because a publisher moves the head in the same transaction as its messages.
+///
+/// Its commit does not wait for the disk (`synchronous_commit` off for this transaction
+/// only): a catch-up can always be done again from the log, so a crash that loses it loses
+/// nothing, and the claim that follows commits durably, which flushes the WAL past it.
+pub(crate) async fn catch_up<C: ConnectionTrait>(
+    conn: &C,
+    group_id: i64,
+    stream_id: i64,
+) -> Result<(), MqError> {
+    let sql = "WITH g AS ( \
+            SELECT materialized_offset AS position FROM mq_consumer_groups \
+            WHERE id = $1 FOR NO KEY UPDATE \
+         ), h AS ( \
+            SELECT last_offset AS head FROM mq_streams WHERE id = $2 \
+         ), i AS ( \
+            INSERT INTO mq_deliveries \
+                (group_id, message_id, stream_offset, priority, topic, state, attempts, \
+                 available_at) \
+            SELECT $1, m.id, m.stream_offset, m.priority, m.topic, 0, 0, m.deliver_at \
+            FROM g, h, mq_messages m \
+            WHERE m.stream_id = $2 AND m.stream_offset > g.position \
+              AND m.stream_offset <= h.head \
+            ON CONFLICT (group_id, message_id) DO NOTHING \
+         ), relaxed AS ( \
+            SELECT set_config('synchronous_commit', 'off', true) \
+         ) \
+         UPDATE mq_consumer_groups c SET materialized_offset = h.head \
+         FROM g, h, relaxed WHERE c.id = $1 AND c.materialized_offset < h.head";
+    conn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        [group_id.into(), stream_id.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
 /// Leases up to `req.limit` ready rows of the group and returns them with their messages, in
 /// claim order, in one statement. With `caught_up_only`, it leases nothing unless the group
 /// has materialized its stream's head (see `delivery::claim`). A picked row that has already
