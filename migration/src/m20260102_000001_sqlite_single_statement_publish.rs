@@ -11,6 +11,13 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
+/// Also used by the migration that drops the trigger again, to restore it on `down`.
+pub(crate) const CREATE_TRIGGER: &str = "CREATE TRIGGER mq_messages_advance_head AFTER INSERT ON mq_messages \
+     WHEN NEW.stream_offset > (SELECT last_offset FROM mq_streams WHERE id = NEW.stream_id) \
+     BEGIN \
+         UPDATE mq_streams SET last_offset = NEW.stream_offset WHERE id = NEW.stream_id; \
+     END";
+
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
 
@@ -22,15 +29,7 @@ impl MigrationTrait for Migration {
         }
         manager
             .get_connection()
-            .execute_unprepared(
-                "CREATE TRIGGER mq_messages_advance_head AFTER INSERT ON mq_messages \
-                 WHEN NEW.stream_offset > \
-                      (SELECT last_offset FROM mq_streams WHERE id = NEW.stream_id) \
-                 BEGIN \
-                     UPDATE mq_streams SET last_offset = NEW.stream_offset \
-                     WHERE id = NEW.stream_id; \
-                 END",
-            )
+            .execute_unprepared(CREATE_TRIGGER)
             .await
             .map(drop)
     }

@@ -38,13 +38,7 @@ impl MigrationTrait for Migration {
         )
         .await?;
         conn.execute_unprepared(
-            "CREATE TRIGGER mq_messages_advance_head AFTER INSERT ON mq_messages \
-             WHEN NEW.stream_offset > \
-                  (SELECT last_offset FROM mq_streams WHERE id = NEW.stream_id) \
-             BEGIN \
-                 UPDATE mq_streams SET last_offset = NEW.stream_offset \
-                 WHERE id = NEW.stream_id; \
-             END",
+            super::m20260102_000001_sqlite_single_statement_publish::CREATE_TRIGGER,
         )
         .await
         .map(drop)

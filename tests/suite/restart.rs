@@ -18,11 +18,17 @@ use crate::common;
 
 const SWITCH: &str = "DABGENT_MQ_RESTART_COMMAND";
 
-/// What every task records.
-#[derive(Default)]
+/// What every task records, and the flags that steer them.
 struct Log {
     published: Mutex<Vec<i64>>,
     received: Mutex<HashSet<i64>>,
+    /// Consumers run while this is set.
+    consuming: AtomicBool,
+    /// Ids above this were published after the restart; none until it is over.
+    resume_after: AtomicI64,
+    /// Deliveries per subscriber (2 pollers, then the stream) of messages published after the
+    /// restart, to show each one resumed (a batch claimed before the restart does not count).
+    resumed: [AtomicUsize; 3],
     /// Failed calls, by kind, to show the restart was felt.
     publish_errors: AtomicUsize,
     poll_errors: AtomicUsize,
@@ -32,15 +38,32 @@ struct Log {
 }
 
 impl Log {
+    fn new() -> Self {
+        Log {
+            published: Mutex::default(),
+            received: Mutex::default(),
+            consuming: AtomicBool::new(true),
+            resume_after: AtomicI64::new(i64::MAX),
+            resumed: Default::default(),
+            publish_errors: AtomicUsize::new(0),
+            poll_errors: AtomicUsize::new(0),
+            ack_errors: AtomicUsize::new(0),
+            longest_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn delivered(&self, subscriber: usize, id: i64) {
+        self.received.lock().unwrap().insert(id);
+        if id > self.resume_after.load(Ordering::Relaxed) {
+            self.resumed[subscriber].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn timed(&self, started: Instant) {
         let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.longest_ms.fetch_max(ms, Ordering::Relaxed);
     }
 }
-
-/// Deliveries per subscriber of messages published after the restart, to show each one
-/// resumed (a batch claimed before the restart does not count).
-type Resumed = Arc<[AtomicUsize; 3]>;
 
 /// Whether the error is one a server going away may cause.
 fn is_outage(err: &MqError) -> bool {
@@ -83,12 +106,8 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
     let (queue, _db) = common::queue_with("restart_under_load", options).await;
     queue.create_stream("jobs").await.unwrap();
 
-    let log = Arc::new(Log::default());
+    let log = Arc::new(Log::new());
     let publishing = Arc::new(AtomicBool::new(true));
-    let consuming = Arc::new(AtomicBool::new(true));
-    // Ids above this were published after the restart; none until it is over.
-    let resume_after = Arc::new(AtomicI64::new(i64::MAX));
-    let resumed: Resumed = Arc::default();
 
     let mut publishers = Vec::new();
     for p in 0..2 {
@@ -132,14 +151,9 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
             .subscribe_with_options(subscribe(&format!("poller-{slot}")))
             .await
             .unwrap();
-        let (log, consuming, resume_after, resumed) = (
-            log.clone(),
-            consuming.clone(),
-            resume_after.clone(),
-            resumed.clone(),
-        );
+        let log = log.clone();
         consumers.push(tokio::spawn(async move {
-            while consuming.load(Ordering::Relaxed) {
+            while log.consuming.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 let polled = tokio::time::timeout(limit, sub.poll())
                     .await
@@ -158,10 +172,7 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
                     }
                 };
                 for message in batch {
-                    log.received.lock().unwrap().insert(message.id);
-                    if message.id > resume_after.load(Ordering::Relaxed) {
-                        resumed[slot].fetch_add(1, Ordering::Relaxed);
-                    }
+                    log.delivered(slot, message.id);
                     let started = Instant::now();
                     let ack = tokio::time::timeout(limit, sub.ack(message.id))
                         .await
@@ -186,14 +197,9 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
             .await
             .unwrap()
             .into_stream();
-        let (log, consuming, resume_after, resumed) = (
-            log.clone(),
-            consuming.clone(),
-            resume_after.clone(),
-            resumed.clone(),
-        );
+        let log = log.clone();
         consumers.push(tokio::spawn(async move {
-            while consuming.load(Ordering::Relaxed) {
+            while log.consuming.load(Ordering::Relaxed) {
                 // The stream retries transient errors itself; it only waits for messages.
                 let Ok(next) =
                     tokio::time::timeout(Duration::from_millis(500), stream.next()).await
@@ -209,12 +215,12 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
                         continue;
                     }
                 };
-                log.received.lock().unwrap().insert(message.id);
-                if message.id > resume_after.load(Ordering::Relaxed) {
-                    resumed[2].fetch_add(1, Ordering::Relaxed);
-                }
+                log.delivered(2, message.id);
             }
-            stream.close().await.ok();
+            // Acknowledges the last message; a lease lost meanwhile just means it comes again.
+            if let Err(err) = stream.close().await {
+                eprintln!("restart: closing the stream: {err}");
+            }
         }));
     }
 
@@ -230,7 +236,8 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
     assert!(status.success(), "`{command}` failed: {status}");
     let restart_took = started.elapsed();
     let last_before = log.published.lock().unwrap().iter().copied().max();
-    resume_after.store(last_before.unwrap_or(0), Ordering::Relaxed);
+    log.resume_after
+        .store(last_before.unwrap_or(0), Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(4)).await;
     publishing.store(false, Ordering::Relaxed);
     for publisher in publishers {
@@ -260,7 +267,7 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    consuming.store(false, Ordering::Relaxed);
+    log.consuming.store(false, Ordering::Relaxed);
     for consumer in consumers {
         tokio::time::timeout(limit, consumer)
             .await
@@ -268,7 +275,11 @@ async fn postgres_restarted_under_load_loses_nothing_and_hangs_nothing() {
             .unwrap();
     }
 
-    let resumed: Vec<usize> = resumed.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+    let resumed: Vec<usize> = log
+        .resumed
+        .iter()
+        .map(|n| n.load(Ordering::Relaxed))
+        .collect();
     eprintln!(
         "restart: took {restart_took:?}; {} publishes returned Ok ({after} after the restart \
          began), 0 lost; failed calls: {} publish, {} poll, {} ack; longest call {} ms (limit {} ms); deliveries after the \
