@@ -28,7 +28,7 @@ use crate::error::{MqError, Result};
 use crate::options::QueueOptions;
 use crate::queue::DatabaseType;
 
-/// Rows per multi-row `INSERT`: 7 bind parameters each stays far below SQLite's limit of
+/// Rows per multi-row `INSERT`: at most 7 bind parameters each stays far below SQLite's limit of
 /// 32,766 parameters per statement (and PostgreSQL's 65,535).
 const INSERT_CHUNK_ROWS: usize = 1000;
 
@@ -383,9 +383,31 @@ pub(crate) async fn insert_messages<C: ConnectionTrait>(
 
     let total = messages.len();
     let mut ids = Vec::with_capacity(total);
-    // PostgreSQL: (stream id, offset) -> input position, to return ids in input order whatever
-    // order the database returns rows in.
+    if backend != DbBackend::Postgres {
+        for chunk in messages.chunks(INSERT_CHUNK_ROWS) {
+            let mut rows = Vec::with_capacity(chunk.len());
+            for m in chunk {
+                let slot = next
+                    .get_mut(&m.stream)
+                    .ok_or_else(|| MqError::UnknownStream(m.stream.clone()))?;
+                rows.push(sqlite::Row {
+                    stream_id: slot.0,
+                    offset: slot.1,
+                    message: m,
+                });
+                slot.1 += 1;
+            }
+            let last = sqlite::insert_rows(conn, &rows, now).await?;
+            let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+            ids.extend((last - count + 1)..=last);
+        }
+        sqlite::notify(conn, &notify_payload).await?;
+        return Ok(ids);
+    }
+    // (stream id, offset) -> input position, to return ids in input order whatever order the
+    // database returns rows in.
     let mut position: HashMap<(i64, i64), usize> = HashMap::new();
+    ids.resize(total, 0);
     let mut rows = messages.iter().enumerate().peekable();
     while rows.peek().is_some() {
         let mut insert = Query::insert();
@@ -398,69 +420,41 @@ pub(crate) async fn insert_messages<C: ConnectionTrait>(
             message::Column::CreatedAt,
             message::Column::DeliverAt,
         ]);
-        let mut chunk_rows: i64 = 0;
         for (index, m) in rows.by_ref().take(INSERT_CHUNK_ROWS) {
             let slot = next
                 .get_mut(&m.stream)
                 .ok_or_else(|| MqError::UnknownStream(m.stream.clone()))?;
             let (stream_id, offset) = (slot.0, slot.1);
             slot.1 += 1;
-            chunk_rows += 1;
-            if backend == DbBackend::Postgres {
-                position.insert((stream_id, offset), index);
-            }
+            position.insert((stream_id, offset), index);
             insert
                 .values([
                     stream_id.into(),
                     offset.into(),
                     m.topic.as_str().into(),
-                    json_text(backend, &m.payload),
+                    // The text written at validation, so the payload is serialized once.
+                    Expr::val(m.payload.as_str()).cast_as("jsonb"),
                     m.priority.into(),
                     now.into(),
                     now.saturating_add(m.delay_ms).into(),
                 ])
                 .map_err(|e| DbErr::Custom(e.to_string()))?;
         }
-        if backend == DbBackend::Postgres {
-            insert.returning(Query::returning().columns([
-                message::Column::Id,
-                message::Column::StreamId,
-                message::Column::StreamOffset,
-            ]));
-            ids.resize(total, 0);
-            for row in conn.query_all(&insert).await? {
-                let id: i64 = row.try_get_by_index(0)?;
-                let key: (i64, i64) = (row.try_get_by_index(1)?, row.try_get_by_index(2)?);
-                if let Some(&index) = position.get(&key) {
-                    ids[index] = id;
-                }
+        insert.returning(Query::returning().columns([
+            message::Column::Id,
+            message::Column::StreamId,
+            message::Column::StreamOffset,
+        ]));
+        for row in conn.query_all(&insert).await? {
+            let id: i64 = row.try_get_by_index(0)?;
+            let key: (i64, i64) = (row.try_get_by_index(1)?, row.try_get_by_index(2)?);
+            if let Some(&index) = position.get(&key) {
+                ids[index] = id;
             }
-        } else {
-            // SQLite inserts the rows of one statement in order, each with the next rowid
-            // (AUTOINCREMENT: one more than any rowid the table ever had), and nobody else
-            // can insert meanwhile: this transaction holds the database's only write lock.
-            // So the ids are the consecutive run that ends at the last inserted rowid, and
-            // reading them back row by row (RETURNING) would only cost time.
-            let last = i64::try_from(conn.execute(&insert).await?.last_insert_id())
-                .map_err(|e| DbErr::Custom(e.to_string()))?;
-            ids.extend((last - chunk_rows + 1)..=last);
         }
     }
-
-    match backend {
-        DbBackend::Postgres => postgres::notify(conn, &notify_payload).await?,
-        _ => sqlite::notify(conn, &notify_payload).await?,
-    }
+    postgres::notify(conn, &notify_payload).await?;
     Ok(ids)
-}
-
-/// A bound JSON text for a payload column: `jsonb` on PostgreSQL, TEXT on SQLite. Binding the
-/// text written at validation avoids serializing the payload a second time.
-fn json_text(backend: DbBackend, text: &str) -> Expr {
-    match backend {
-        DbBackend::Postgres => Expr::val(text).cast_as("jsonb"),
-        _ => Expr::val(text),
-    }
 }
 
 fn notify_payload<'a>(streams: impl Iterator<Item = &'a str>) -> String {
