@@ -136,20 +136,20 @@ pub(crate) async fn catch_up<C: ConnectionTrait>(
 /// Leases up to `req.limit` ready rows of the group and returns them with their messages, in
 /// claim order, in one statement. With `caught_up_only`, it leases nothing unless the group
 /// has materialized its stream's head (see `delivery::claim`). A picked row that has already
-/// used
-/// `max_attempts` (released by a cleanup or a dropped subscriber rather than failed by expiry
-/// or nack) becomes a dead letter instead of being delivered again; the second value counts
-/// those (they come back without a message: the join does not detoast their payloads).
+/// used `max_attempts` (released by a cleanup or a dropped subscriber rather than failed by
+/// expiry or nack) becomes a dead letter instead of being delivered again; the second value
+/// counts those (they come back without a message: the join does not detoast their payloads).
 ///
 /// Concurrency: the `MATERIALIZED` CTE picks and locks candidate rows with `FOR UPDATE SKIP
 /// LOCKED`, so concurrent claimers never wait for or share a row, and the CTE runs exactly
 /// once (the `WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)` form can claim more than
 /// n rows, PostgreSQL bug #15715). The `UPDATE` reaches the picked rows by their physical
-/// address (`ctid`), which cannot change while the statement holds their locks; a row that
-/// was changed and committed between the statement's snapshot and its lock is locked in its
-/// newer version, which the snapshot does not see, so it is skipped, not claimed. The `UPDATE`
-/// re-checks that each row is still ready before leasing it and increments its lease token,
-/// which fences every later ack and extension.
+/// address (`ctid`), which cannot change while the statement holds their locks. A row that
+/// another transaction changed and committed between this statement's snapshot and its lock
+/// is locked in its newer version, which the snapshot does not see, so the `UPDATE` skips it:
+/// it stays ready for the next claim. The `UPDATE` re-checks that each row is still ready
+/// before leasing it and increments its lease token, which fences every later ack and
+/// extension.
 pub(crate) async fn claim<C: ConnectionTrait>(
     conn: &C,
     req: &ClaimRequest<'_>,
