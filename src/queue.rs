@@ -158,6 +158,11 @@ impl MessageQueue {
 
     /// Uses the host application's SeaORM connection (and its pool) with default options.
     ///
+    /// The pool is used as configured. SeaORM's default pings a connection before every
+    /// checkout, a round trip ahead of each statement: for throughput, configure the pool with
+    /// `ConnectOptions::test_before_acquire_if_idle_for` (PostgreSQL) or
+    /// `test_before_acquire(false)` (SQLite), as the pool [`MessageQueue::new`] opens does.
+    ///
     /// # Errors
     ///
     /// [`MqError::InvalidConfig`] for a database other than PostgreSQL or SQLite;

@@ -32,6 +32,9 @@ use crate::queue::DatabaseType;
 /// 32,766 parameters per statement (and PostgreSQL's 65,535).
 const INSERT_CHUNK_ROWS: usize = 1000;
 
+/// How long a pooled PostgreSQL connection may sit idle before it is pinged on checkout.
+const POOL_PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Longest `pg_notify` payload we send (PostgreSQL's limit is 8000 bytes); a longer list of
 /// streams is replaced by `*`, meaning "look at every stream".
 const MAX_NOTIFY_PAYLOAD: usize = 7900;
@@ -109,6 +112,10 @@ pub(crate) async fn connect(
             } else {
                 connect.max_connections(options.pool_size.unwrap_or(8));
             }
+            // The driver pings a connection before handing it out, which for SQLite is a round
+            // trip to the connection's worker thread on every statement; a SQLite connection is
+            // a file handle in this process, which nothing in between can break.
+            connect.test_before_acquire(false);
             connect.map_sqlx_sqlite_opts(move |sqlite| {
                 let sqlite = sqlite
                     .create_if_missing(true)
@@ -130,6 +137,13 @@ pub(crate) async fn connect(
             PgConnectOptions::from_str(url)
                 .map_err(|e| MqError::InvalidConfig(format!("malformed postgres url: {e}")))?;
             connect.max_connections(options.pool_size.unwrap_or(20));
+            // By default the driver pings a connection before handing it out: a round trip to
+            // the server ahead of every statement. It also pings each connection as it comes
+            // back to the pool and closes it if that fails, so a connection used within the
+            // last second was known good a moment ago; only one idle for longer (which the
+            // server, a proxy or a firewall may have dropped meanwhile) is pinged first. After
+            // a server restart, a connection in use can fail one call, and is then replaced.
+            connect.test_before_acquire_if_idle_for(POOL_PING_AFTER_IDLE);
         }
     }
     // Opening a SQLite file switches it to WAL, which needs a moment of exclusive access: when
