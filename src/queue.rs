@@ -612,6 +612,17 @@ impl MessageQueue {
     }
 
     fn prepare_all(&self, messages: Vec<Message>) -> Result<Vec<NewMessage>> {
+        // A batch mostly repeats one stream and topic: each distinct run is checked once.
+        let mut checked: Option<(&str, &str)> = None;
+        for m in &messages {
+            if checked.is_none_or(|(s, _)| s != m.stream) {
+                topic::validate_name(&m.stream)?;
+            }
+            if checked.is_none_or(|(_, t)| t != m.topic) {
+                topic::validate_topic(&m.topic)?;
+            }
+            checked = Some((&m.stream, &m.topic));
+        }
         messages
             .into_iter()
             .map(|m| prepare(m, self.inner.options.max_payload_bytes))
@@ -648,10 +659,9 @@ fn generate_consumer_id() -> String {
     )
 }
 
-/// Validates a message and turns it into a row to write. No database call.
+/// Checks what is left of a message whose stream name and topic are valid and turns it into a
+/// row to write. No database call.
 fn prepare(message: Message, max_payload_bytes: usize) -> Result<NewMessage> {
-    topic::validate_name(&message.stream)?;
-    topic::validate_topic(&message.topic)?;
     let payload = serialize_payload(&message.payload, max_payload_bytes)?;
     if message.delay > MAX_DELAY {
         return Err(MqError::InvalidConfig(
@@ -669,57 +679,105 @@ fn prepare(message: Message, max_payload_bytes: usize) -> Result<NewMessage> {
     })
 }
 
-/// Checks the payload's nesting depth and strings (iteratively, so a hostile payload cannot
-/// exhaust the stack), then serializes it, once: the text is both what the size limit applies
-/// to and what is written. An oversize payload is only counted, never held whole.
+/// Serializes the payload once, checking it on the way: nesting depth, NUL in strings and
+/// keys, and size. The text is both what the size limit applies to and what is written. An
+/// oversize payload is only counted, never held whole. Nesting is checked as the serializer
+/// opens each array or object, so a hostile payload cannot take it deeper than the limit (and
+/// exhaust the stack).
 fn serialize_payload(payload: &Value, max_bytes: usize) -> Result<String> {
-    let mut stack: Vec<(&Value, usize)> = vec![(payload, 1)];
-    while let Some((value, depth)) = stack.pop() {
-        match value {
-            Value::String(s) if s.contains('\0') => {
-                return Err(MqError::InvalidPayload(
-                    "strings must not contain NUL (\\u0000)".into(),
-                ));
-            }
-            Value::Array(items) => {
-                if depth > MAX_PAYLOAD_DEPTH {
-                    return Err(nested_too_deep());
-                }
-                stack.extend(items.iter().map(|v| (v, depth + 1)));
-            }
-            Value::Object(map) => {
-                if depth > MAX_PAYLOAD_DEPTH {
-                    return Err(nested_too_deep());
-                }
-                for (key, v) in map {
-                    if key.contains('\0') {
-                        return Err(MqError::InvalidPayload(
-                            "object keys must not contain NUL (\\u0000)".into(),
-                        ));
-                    }
-                    stack.push((v, depth + 1));
-                }
-            }
-            _ => {}
-        }
-    }
     // Most payloads are small: one allocation instead of a string of reallocations.
     let mut out = BoundedText {
         text: Vec::with_capacity(max_bytes.min(256)),
         len: 0,
         max: max_bytes,
     };
-    serde_json::to_writer(&mut out, payload).map_err(|e| MqError::InvalidPayload(e.to_string()))?;
+    let mut checks = PayloadChecks::default();
+    let written = {
+        let mut serializer = serde_json::Serializer::with_formatter(&mut out, &mut checks);
+        serde::Serialize::serialize(payload, &mut serializer)
+    };
+    if let Some(violation) = checks.violation {
+        return Err(MqError::InvalidPayload(violation.to_string()));
+    }
+    written.map_err(|e| MqError::InvalidPayload(e.to_string()))?;
     if out.len > max_bytes {
         return Err(MqError::MessageTooLarge(out.len, max_bytes));
     }
     String::from_utf8(out.text).map_err(|e| MqError::InvalidPayload(e.to_string()))
 }
 
-fn nested_too_deep() -> MqError {
-    MqError::InvalidPayload(format!(
-        "arrays and objects must not be nested more than {MAX_PAYLOAD_DEPTH} levels deep"
-    ))
+/// Compact JSON output that stops the serializer at the first payload it must refuse.
+#[derive(Default)]
+struct PayloadChecks {
+    depth: usize,
+    violation: Option<Violation>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Violation {
+    TooDeep,
+    Nul,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Violation::TooDeep => write!(
+                f,
+                "arrays and objects must not be nested more than {MAX_PAYLOAD_DEPTH} levels deep"
+            ),
+            Violation::Nul => f.write_str("strings and object keys must not contain NUL (\\u0000)"),
+        }
+    }
+}
+
+impl PayloadChecks {
+    fn refuse(&mut self, violation: Violation) -> std::io::Error {
+        self.violation = Some(violation);
+        std::io::Error::other("payload refused")
+    }
+
+    fn open(&mut self) -> std::io::Result<()> {
+        self.depth += 1;
+        if self.depth > MAX_PAYLOAD_DEPTH {
+            return Err(self.refuse(Violation::TooDeep));
+        }
+        Ok(())
+    }
+}
+
+impl serde_json::ser::Formatter for &mut PayloadChecks {
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.open()?;
+        writer.write_all(b"[")
+    }
+
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.depth -= 1;
+        writer.write_all(b"]")
+    }
+
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.open()?;
+        writer.write_all(b"{")
+    }
+
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.depth -= 1;
+        writer.write_all(b"}")
+    }
+
+    fn write_char_escape<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        escape: serde_json::ser::CharEscape,
+    ) -> std::io::Result<()> {
+        // PostgreSQL's JSONB cannot hold `\u0000`; refused on both databases alike.
+        if matches!(escape, serde_json::ser::CharEscape::AsciiControl(0)) {
+            return Err(self.refuse(Violation::Nul));
+        }
+        serde_json::ser::CompactFormatter.write_char_escape(writer, escape)
+    }
 }
 
 /// Collects serialized text up to `max` bytes, then only counts.
@@ -738,6 +796,10 @@ impl std::io::Write for BoundedText {
             self.text = Vec::new();
         }
         Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.write(buf).map(drop)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -779,6 +841,20 @@ mod tests {
         deep = json!([deep]);
         assert!(matches!(
             serialize_payload(&deep, 1 << 20),
+            Err(MqError::InvalidPayload(_))
+        ));
+        // The serializer stops at the limit instead of descending all the way.
+        for _ in 0..500 {
+            deep = json!({ "a": deep });
+        }
+        assert!(matches!(
+            serialize_payload(&deep, 1 << 30),
+            Err(MqError::InvalidPayload(m)) if m.contains("nested")
+        ));
+        // NUL is found wherever it is, also past the size limit.
+        let late_nul = json!(["x".repeat(200), "\u{0}"]);
+        assert!(matches!(
+            serialize_payload(&late_nul, 100),
             Err(MqError::InvalidPayload(_))
         ));
     }
