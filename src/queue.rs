@@ -153,7 +153,8 @@ impl MessageQueue {
     ) -> Result<Self> {
         options.validate()?;
         let db = backend::connect(db_type, url, &options).await?;
-        Self::start(db, db_type, options).await
+        let writer = backend::connect_writer(db_type, url, &options).await?;
+        Self::start(db, writer, db_type, options).await
     }
 
     /// Uses the host application's SeaORM connection (and its pool) with default options.
@@ -183,11 +184,12 @@ impl MessageQueue {
     ) -> Result<Self> {
         options.validate()?;
         let db_type = backend::database_type(&db)?;
-        Self::start(db, db_type, options).await
+        Self::start(db, None, db_type, options).await
     }
 
     async fn start(
         db: DatabaseConnection,
+        writer: Option<DatabaseConnection>,
         db_type: DatabaseType,
         options: QueueOptions,
     ) -> Result<Self> {
@@ -200,7 +202,7 @@ impl MessageQueue {
                 db_type,
                 options,
                 notifier: Arc::new(Notifier::default()),
-                gate: WriteGate::new(db_type),
+                gate: WriteGate::new(db_type, writer),
                 publisher: Publisher::default(),
                 listener: OnceLock::new(),
             }),
@@ -231,8 +233,8 @@ impl MessageQueue {
     /// characters other than ASCII letters, digits and `_ - . :`.
     pub async fn create_stream(&self, name: &str) -> Result<()> {
         topic::validate_name(name)?;
-        let _turn = self.inner.gate.enter().await;
-        backend::create_stream(&self.inner.db, name).await
+        let turn = self.inner.gate.enter().await;
+        backend::create_stream(turn.conn(&self.inner.db), name).await
     }
 
     /// Publishes a message with priority 0 and returns its id.
@@ -318,8 +320,8 @@ impl MessageQueue {
     /// subscribers of their streams (after the commit, not before).
     pub(crate) async fn write_batch(&self, messages: &[NewMessage]) -> Result<Vec<i64>> {
         let ids = {
-            let _turn = self.inner.gate.enter().await;
-            backend::publish_messages(&self.inner.db, messages).await?
+            let turn = self.inner.gate.enter().await;
+            backend::publish_messages(turn.conn(&self.inner.db), messages).await?
         };
         let mut streams: Vec<&str> = messages.iter().map(|m| m.stream.as_str()).collect();
         streams.sort_unstable();
@@ -432,7 +434,8 @@ impl MessageQueue {
             .clone()
             .unwrap_or_else(generate_consumer_id);
         let group_id = {
-            let _turn = self.inner.gate.enter().await;
+            let turn = self.inner.gate.enter().await;
+            let db = turn.conn(db);
             let group_id = delivery::ensure_group(
                 db,
                 stream.id,
@@ -492,8 +495,8 @@ impl MessageQueue {
     pub async fn requeue_dead_letters(&self, stream: &str, group: &str) -> Result<u64> {
         let (_, group_id) = self.resolve_group(stream, group).await?;
         let requeued = {
-            let _turn = self.inner.gate.enter().await;
-            delivery::requeue_dead_letters(&self.inner.db, group_id).await?
+            let turn = self.inner.gate.enter().await;
+            delivery::requeue_dead_letters(turn.conn(&self.inner.db), group_id).await?
         };
         self.inner.notifier.wake([stream]);
         Ok(requeued)
@@ -577,8 +580,8 @@ impl MessageQueue {
     pub async fn cleanup_expired_consumers(&self, max_silence_secs: u64) -> Result<u64> {
         let silence_ms = i64::try_from(max_silence_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         let removed = {
-            let _turn = self.inner.gate.enter().await;
-            delivery::cleanup_expired_consumers(&self.inner.db, silence_ms).await?
+            let turn = self.inner.gate.enter().await;
+            delivery::cleanup_expired_consumers(turn.conn(&self.inner.db), silence_ms).await?
         };
         if removed > 0 {
             self.inner.notifier.wake_all();

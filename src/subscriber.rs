@@ -245,8 +245,8 @@ impl Subscriber {
         };
         let span =
             tracing::debug_span!("claim", stream = %member.stream, consumer = %member.consumer_id);
-        let _turn = member.gate.enter().await;
-        let claimed = delivery::claim(&member.db, &request)
+        let turn = member.gate.enter().await;
+        let claimed = delivery::claim(turn.conn(&member.db), &request)
             .instrument(span)
             .await?;
         self.last_claim_full = claimed.len() >= usize::try_from(self.batch_size).unwrap_or(0);
@@ -294,8 +294,8 @@ impl Subscriber {
             .collect::<Result<_>>()?;
         let pairs: Vec<(i64, i64)> = leases.iter().map(|(id, l)| (*id, l.token)).collect();
         let acked = {
-            let _turn = self.member.gate.enter().await;
-            delivery::ack(&self.member.db, self.member.group_id, &pairs).await?
+            let turn = self.member.gate.enter().await;
+            delivery::ack(turn.conn(&self.member.db), self.member.group_id, &pairs).await?
         };
         {
             let mut held = self.member.leases();
@@ -332,7 +332,7 @@ impl Subscriber {
         let backoff = retry_backoff(self.retry_backoff, lease.attempt, id);
         let turn = self.member.gate.enter().await;
         let held = delivery::nack(
-            &self.member.db,
+            turn.conn(&self.member.db),
             self.member.group_id,
             (id, lease.token),
             self.max_attempts,
@@ -452,12 +452,13 @@ impl Drop for Subscriber {
         // Best effort: if this does not run, the leases simply expire and the registration
         // is removed by `cleanup_expired_consumers`.
         runtime.spawn(async move {
-            let _turn = member.gate.enter().await;
-            if let Err(err) = delivery::release_leases(&member.db, member.group_id, &leases).await {
+            let turn = member.gate.enter().await;
+            let db = turn.conn(&member.db);
+            if let Err(err) = delivery::release_leases(db, member.group_id, &leases).await {
                 tracing::debug!(error = %err, "dabgent_mq: releasing leases on drop failed");
             }
             if let Err(err) =
-                delivery::remove_consumer(&member.db, member.group_id, &member.consumer_id).await
+                delivery::remove_consumer(db, member.group_id, &member.consumer_id).await
             {
                 tracing::debug!(error = %err, "dabgent_mq: removing a consumer on drop failed");
             }
@@ -471,8 +472,8 @@ impl Member {
         async {
             let lease = self.lease(id)?;
             let acked = {
-                let _turn = self.gate.enter().await;
-                delivery::ack(&self.db, self.group_id, &[(id, lease.token)]).await?
+                let turn = self.gate.enter().await;
+                delivery::ack(turn.conn(&self.db), self.group_id, &[(id, lease.token)]).await?
             };
             self.leases().remove(&id);
             if acked.is_empty() {
@@ -499,17 +500,18 @@ impl Member {
     /// Refreshes the registry entry, registering again if a cleanup removed it.
     async fn touch(&self) -> Result<()> {
         let acked = self.acked_offset.load(Ordering::Relaxed);
-        let _turn = self.gate.enter().await;
-        if !delivery::touch_consumer(&self.db, self.group_id, &self.consumer_id, acked).await? {
+        let turn = self.gate.enter().await;
+        let db = turn.conn(&self.db);
+        if !delivery::touch_consumer(db, self.group_id, &self.consumer_id, acked).await? {
             delivery::register_consumer(
-                &self.db,
+                db,
                 self.stream_id,
                 self.group_id,
                 &self.consumer_id,
                 &self.patterns,
             )
             .await?;
-            delivery::touch_consumer(&self.db, self.group_id, &self.consumer_id, acked).await?;
+            delivery::touch_consumer(db, self.group_id, &self.consumer_id, acked).await?;
         }
         Ok(())
     }
@@ -521,8 +523,14 @@ impl Member {
             return Ok(());
         }
         let kept = {
-            let _turn = self.gate.enter().await;
-            delivery::extend_leases(&self.db, self.group_id, &held, self.visibility_ms).await?
+            let turn = self.gate.enter().await;
+            delivery::extend_leases(
+                turn.conn(&self.db),
+                self.group_id,
+                &held,
+                self.visibility_ms,
+            )
+            .await?
         };
         let kept: std::collections::HashSet<i64> = kept.into_iter().collect();
         let mut leases = self.leases();

@@ -47,22 +47,58 @@ const MAX_NOTIFY_PAYLOAD: usize = 7900;
 /// Queuing them on an async mutex instead hands the lock over the moment it is released.
 /// Other processes still meet at SQLite's lock, with the busy timeout. PostgreSQL needs no
 /// gate: its row locks are fine-grained.
+///
+/// On a SQLite file the queue opened itself, the gate also owns the one connection that does
+/// all of the process's writes. SQLite keeps a page cache per connection and drops all of it
+/// when a transaction starts and finds that another connection has written since: with writes
+/// spread over a pool, nearly every write starts cold and reads the tables' upper levels
+/// again. One writer finds its own changes only, so its cache stays warm. Since writes take
+/// turns anyway, one connection costs no concurrency; reads keep using the pool.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct WriteGate(Option<Arc<tokio::sync::Mutex<()>>>);
+pub(crate) struct WriteGate(Option<Arc<Gate>>);
+
+#[derive(Debug)]
+struct Gate {
+    turns: tokio::sync::Mutex<()>,
+    writer: Option<DatabaseConnection>,
+}
+
+/// This process's turn to write, until dropped.
+pub(crate) struct Turn<'a> {
+    _turn: Option<tokio::sync::MutexGuard<'a, ()>>,
+    writer: Option<&'a DatabaseConnection>,
+}
+
+impl Turn<'_> {
+    /// The connection to write with: the gate's writer if it has one, else `pool`.
+    pub(crate) fn conn<'c>(&'c self, pool: &'c DatabaseConnection) -> &'c DatabaseConnection {
+        self.writer.unwrap_or(pool)
+    }
+}
 
 impl WriteGate {
-    pub(crate) fn new(db_type: DatabaseType) -> Self {
+    /// A gate for `db_type`; `writer` is the connection for all writes, if there is one.
+    pub(crate) fn new(db_type: DatabaseType, writer: Option<DatabaseConnection>) -> Self {
         match db_type {
-            DatabaseType::Sqlite => WriteGate(Some(Arc::new(tokio::sync::Mutex::new(())))),
+            DatabaseType::Sqlite => WriteGate(Some(Arc::new(Gate {
+                turns: tokio::sync::Mutex::new(()),
+                writer,
+            }))),
             DatabaseType::Postgres => WriteGate(None),
         }
     }
 
     /// Waits for this process's turn to write (at once on PostgreSQL).
-    pub(crate) async fn enter(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    pub(crate) async fn enter(&self) -> Turn<'_> {
         match &self.0 {
-            Some(gate) => Some(gate.lock().await),
-            None => None,
+            Some(gate) => Turn {
+                _turn: Some(gate.turns.lock().await),
+                writer: gate.writer.as_ref(),
+            },
+            None => Turn {
+                _turn: None,
+                writer: None,
+            },
         }
     }
 }
@@ -89,6 +125,33 @@ pub(crate) async fn connect(
     url: &str,
     options: &QueueOptions,
 ) -> Result<DatabaseConnection> {
+    open(db_type, url, options, options.pool_size).await
+}
+
+/// Opens the connection for all of this process's writes to a SQLite file (see [`WriteGate`]):
+/// a pool of one, configured like the queue's pool. `None` for PostgreSQL, and for an
+/// in-memory SQLite database, which lives in the queue's one pooled connection.
+pub(crate) async fn connect_writer(
+    db_type: DatabaseType,
+    url: &str,
+    options: &QueueOptions,
+) -> Result<Option<DatabaseConnection>> {
+    if db_type != DatabaseType::Sqlite || is_sqlite_in_memory(url) {
+        return Ok(None);
+    }
+    open(db_type, url, options, Some(1)).await.map(Some)
+}
+
+fn is_sqlite_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+async fn open(
+    db_type: DatabaseType,
+    url: &str,
+    options: &QueueOptions,
+    pool_size: Option<u32>,
+) -> Result<DatabaseConnection> {
     let mut connect = ConnectOptions::new(url.to_owned());
     connect
         .sqlx_logging(false)
@@ -101,7 +164,7 @@ pub(crate) async fn connect(
             }
             SqliteConnectOptions::from_str(url)
                 .map_err(|e| MqError::InvalidConfig(format!("malformed sqlite url: {e}")))?;
-            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            let in_memory = is_sqlite_in_memory(url);
             let busy_timeout = options.sqlite_busy_timeout;
             if in_memory {
                 connect
@@ -110,7 +173,7 @@ pub(crate) async fn connect(
                     .idle_timeout(None)
                     .max_lifetime(None);
             } else {
-                connect.max_connections(options.pool_size.unwrap_or(8));
+                connect.max_connections(pool_size.unwrap_or(8));
             }
             // The driver pings a connection before handing it out, which for SQLite is a round
             // trip to the connection's worker thread on every statement; a SQLite connection is
@@ -136,7 +199,7 @@ pub(crate) async fn connect(
             }
             PgConnectOptions::from_str(url)
                 .map_err(|e| MqError::InvalidConfig(format!("malformed postgres url: {e}")))?;
-            connect.max_connections(options.pool_size.unwrap_or(20));
+            connect.max_connections(pool_size.unwrap_or(20));
             // By default the driver pings a connection before handing it out: a round trip to
             // the server ahead of every statement. It also pings each connection as it comes
             // back to the pool and closes it if that fails, so a connection used within the
