@@ -196,13 +196,15 @@ impl MessageQueue {
         if options.run_migrations {
             backend::migrate(&db).await?;
         }
+        let gate = WriteGate::new(db_type, writer);
+        gate.start_checkpoints(db.clone());
         Ok(MessageQueue {
             inner: Arc::new(Inner {
                 db,
                 db_type,
                 options,
                 notifier: Arc::new(Notifier::default()),
-                gate: WriteGate::new(db_type, writer),
+                gate,
                 publisher: Publisher::default(),
                 listener: OnceLock::new(),
             }),

@@ -61,7 +61,12 @@ pub(crate) struct WriteGate(Option<Arc<Gate>>);
 struct Gate {
     turns: tokio::sync::Mutex<()>,
     writer: Option<DatabaseConnection>,
+    /// Turns taken so far: the checkpointer skips a checkpoint when nothing was written.
+    taken: std::sync::atomic::AtomicU64,
 }
+
+/// How often the checkpointer (see [`WriteGate::start_checkpoints`]) looks for new writes.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// This process's turn to write, until dropped.
 pub(crate) struct Turn<'a> {
@@ -83,6 +88,7 @@ impl WriteGate {
             DatabaseType::Sqlite => WriteGate(Some(Arc::new(Gate {
                 turns: tokio::sync::Mutex::new(()),
                 writer,
+                taken: std::sync::atomic::AtomicU64::new(0),
             }))),
             DatabaseType::Postgres => WriteGate(None),
         }
@@ -91,15 +97,59 @@ impl WriteGate {
     /// Waits for this process's turn to write (at once on PostgreSQL).
     pub(crate) async fn enter(&self) -> Turn<'_> {
         match &self.0 {
-            Some(gate) => Turn {
-                _turn: Some(gate.turns.lock().await),
-                writer: gate.writer.as_ref(),
-            },
+            Some(gate) => {
+                let turn = gate.turns.lock().await;
+                gate.taken
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Turn {
+                    _turn: Some(turn),
+                    writer: gate.writer.as_ref(),
+                }
+            }
             None => Turn {
                 _turn: None,
                 writer: None,
             },
         }
+    }
+}
+
+impl WriteGate {
+    /// Moves WAL checkpoints off the write path, for a gate with its own writer (whose
+    /// automatic checkpoints are off, see [`connect_writer`]).
+    ///
+    /// With `synchronous=NORMAL`, a commit in WAL mode does not wait for the disk; only a
+    /// checkpoint does (it syncs the WAL, copies it into the database file, and syncs that).
+    /// SQLite runs its automatic checkpoint inside the commit that crosses 1,000 WAL pages, so
+    /// that one write, and every write queued on the gate behind it, would wait for two disk
+    /// syncs. Here a task checkpoints from a pooled connection instead, every
+    /// `CHECKPOINT_INTERVAL` in which something was written, while writes go on: a passive
+    /// checkpoint takes no lock that a writer needs. The task ends once the gate is gone.
+    pub(crate) fn start_checkpoints(&self, pool: DatabaseConnection) {
+        let Some(gate) = &self.0 else { return };
+        if gate.writer.is_none() {
+            return;
+        }
+        let gate = Arc::downgrade(gate);
+        tokio::spawn(async move {
+            let mut checkpointed = 0;
+            loop {
+                tokio::time::sleep(CHECKPOINT_INTERVAL).await;
+                let Some(taken) = gate
+                    .upgrade()
+                    .map(|g| g.taken.load(std::sync::atomic::Ordering::Relaxed))
+                else {
+                    return;
+                };
+                if taken == checkpointed {
+                    continue;
+                }
+                checkpointed = taken;
+                if let Err(err) = sqlite::checkpoint(&pool).await {
+                    tracing::debug!(error = %err, "dabgent_mq: WAL checkpoint failed");
+                }
+            }
+        });
     }
 }
 
@@ -125,12 +175,14 @@ pub(crate) async fn connect(
     url: &str,
     options: &QueueOptions,
 ) -> Result<DatabaseConnection> {
-    open(db_type, url, options, options.pool_size).await
+    open(db_type, url, options, options.pool_size, false).await
 }
 
 /// Opens the connection for all of this process's writes to a SQLite file (see [`WriteGate`]):
-/// a pool of one, configured like the queue's pool. `None` for PostgreSQL, and for an
-/// in-memory SQLite database, which lives in the queue's one pooled connection.
+/// a pool of one, configured like the queue's pool, without automatic WAL checkpoints (the
+/// gate's checkpointer runs them, see [`WriteGate::start_checkpoints`]). `None` for
+/// PostgreSQL, and for an in-memory SQLite database, which lives in the queue's one pooled
+/// connection.
 pub(crate) async fn connect_writer(
     db_type: DatabaseType,
     url: &str,
@@ -139,7 +191,7 @@ pub(crate) async fn connect_writer(
     if db_type != DatabaseType::Sqlite || is_sqlite_in_memory(url) {
         return Ok(None);
     }
-    open(db_type, url, options, Some(1)).await.map(Some)
+    open(db_type, url, options, Some(1), true).await.map(Some)
 }
 
 fn is_sqlite_in_memory(url: &str) -> bool {
@@ -151,6 +203,7 @@ async fn open(
     url: &str,
     options: &QueueOptions,
     pool_size: Option<u32>,
+    writer: bool,
 ) -> Result<DatabaseConnection> {
     let mut connect = ConnectOptions::new(url.to_owned());
     connect
@@ -187,9 +240,14 @@ async fn open(
                 if in_memory {
                     sqlite
                 } else {
-                    sqlite
+                    let sqlite = sqlite
                         .journal_mode(SqliteJournalMode::Wal)
-                        .synchronous(SqliteSynchronous::Normal)
+                        .synchronous(SqliteSynchronous::Normal);
+                    if writer {
+                        sqlite.pragma("wal_autocheckpoint", "0")
+                    } else {
+                        sqlite
+                    }
                 }
             });
         }

@@ -35,6 +35,15 @@ pub(crate) async fn notify<C: ConnectionTrait>(_conn: &C, _payload: &str) -> Res
     Ok(())
 }
 
+/// Copies the WAL into the database file as far as readers allow (`PASSIVE`). Concurrency:
+/// takes only the checkpoint lock; writers keep appending to the WAL meanwhile, and the next
+/// writer after a complete checkpoint starts the WAL over from its beginning.
+pub(crate) async fn checkpoint<C: ConnectionTrait>(conn: &C) -> Result<(), DbErr> {
+    conn.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
+        .await
+        .map(drop)
+}
+
 /// The SQL form of a topic pattern, for `topic GLOB ?`. GLOB is case-sensitive (SQLite's LIKE
 /// is not, for ASCII); its own wildcards `?` and `[` are wrapped in brackets, which makes them
 /// literal, and `*` keeps its meaning. Topics cannot contain `*`, so it needs no escape.

@@ -110,6 +110,54 @@ async fn a_sqlite_file_is_created_in_an_empty_folder_in_wal_mode() {
 }
 
 #[tokio::test]
+async fn sqlite_writes_reach_the_database_file_by_background_checkpoints() {
+    // The queue's writer runs no checkpoint itself (it would stall the writes queued behind
+    // it on the disk); a background task does. Without it, everything would stay in the WAL.
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("checkpoint_test");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("messages.db");
+    let queue = MessageQueue::new(
+        DatabaseType::Sqlite,
+        &format!("sqlite://{}", path.display()),
+    )
+    .await
+    .unwrap();
+    queue.create_stream("blobs").await.unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    let body = json!({ "blob": "x".repeat(64 * 1024) });
+    for _ in 0..64 {
+        queue.publish("blobs", "blob", body.clone()).await.unwrap();
+    }
+    // 4 MiB written; the checkpointer looks every 100 ms.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let size = std::fs::metadata(&path).unwrap().len();
+        if size >= before + 4 * 1024 * 1024 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the database file stayed at {size} bytes (was {before})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And the writer's own automatic checkpoints are off, on the writer only.
+    let conn = queue.connection();
+    let pooled = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "PRAGMA wal_autocheckpoint",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<i64>(0)
+        .unwrap();
+    assert_eq!(pooled, 1000, "pooled connections keep SQLite's default");
+}
+
+#[tokio::test]
 async fn an_in_memory_sqlite_database_works_with_its_single_connection() {
     let queue = MessageQueue::new(DatabaseType::Sqlite, "sqlite::memory:")
         .await
