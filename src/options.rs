@@ -55,8 +55,8 @@ impl QueueOptions {
     /// Maximum number of pooled connections (ignored by
     /// [`MessageQueue::from_connection`](crate::MessageQueue::from_connection), which uses the
     /// host's pool). On a SQLite file the queue opens one more connection beside the pool, which
-    /// does all of its writes (SQLite writes one at a time anyway, and one writer keeps its page
-    /// cache warm); the pool serves reads.
+    /// does its writes (SQLite writes one at a time anyway, and one writer keeps its page cache
+    /// warm); the pool serves reads and `publish_in`.
     #[must_use]
     pub fn pool_size(mut self, size: u32) -> Self {
         self.pool_size = Some(size);

@@ -55,7 +55,8 @@ impl fmt::Display for DatabaseType {
 
 /// A durable message queue and message bus inside a SQLite or PostgreSQL database.
 ///
-/// Cheap to clone: clones share one connection pool.
+/// Cheap to clone: clones share one connection pool (and, on a SQLite file the queue opened,
+/// one writer connection).
 ///
 /// # Streams and offsets
 ///

@@ -49,7 +49,7 @@ const MAX_NOTIFY_PAYLOAD: usize = 7900;
 /// gate: its row locks are fine-grained.
 ///
 /// On a SQLite file the queue opened itself, the gate also owns the one connection that does
-/// all of the process's writes. SQLite keeps a page cache per connection and drops all of it
+/// the queue's writes (all but `publish_in`, which writes with the caller's connection). SQLite keeps a page cache per connection and drops all of it
 /// when a transaction starts and finds that another connection has written since: with writes
 /// spread over a pool, nearly every write starts cold and reads the tables' upper levels
 /// again. One writer finds its own changes only, so its cache stays warm. Since writes take
@@ -67,6 +67,17 @@ struct Gate {
 
 /// How often the checkpointer (see [`WriteGate::start_checkpoints`]) looks for new writes.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A WAL longer than this (in 4 KiB pages) is checkpointed once with writes held, so that it
+/// starts over (see [`WriteGate::start_checkpoints`]).
+const WAL_RESTART_PAGES: i64 = 4000;
+
+/// The writer's own automatic checkpoint: only a backstop for the checkpointer task.
+const WRITER_AUTOCHECKPOINT_PAGES: &str = "20000";
+
+/// Once the WAL starts over, its file is truncated to this size (SQLite otherwise keeps it at
+/// its largest).
+const WAL_SIZE_LIMIT_BYTES: &str = "67108864";
 
 /// This process's turn to write, until dropped.
 pub(crate) struct Turn<'a> {
@@ -115,16 +126,23 @@ impl WriteGate {
 }
 
 impl WriteGate {
-    /// Moves WAL checkpoints off the write path, for a gate with its own writer (whose
-    /// automatic checkpoints are off, see [`connect_writer`]).
+    /// Moves WAL checkpoints off the write path, for a gate with its own writer (see
+    /// [`connect_writer`]).
     ///
     /// With `synchronous=NORMAL`, a commit in WAL mode does not wait for the disk; only a
     /// checkpoint does (it syncs the WAL, copies it into the database file, and syncs that).
     /// SQLite runs its automatic checkpoint inside the commit that crosses 1,000 WAL pages, so
-    /// that one write, and every write queued on the gate behind it, would wait for two disk
+    /// that write, and every write queued on the gate behind it, would wait for two disk
     /// syncs. Here a task checkpoints from a pooled connection instead, every
-    /// `CHECKPOINT_INTERVAL` in which something was written, while writes go on: a passive
-    /// checkpoint takes no lock that a writer needs. The task ends once the gate is gone.
+    /// `CHECKPOINT_INTERVAL` after which the gate was entered, while writes go on: a passive
+    /// checkpoint takes no lock that a writer needs.
+    ///
+    /// SQLite starts the WAL over from its beginning only when a write finds it entirely
+    /// copied, which a checkpoint running beside steady writes never leaves behind. So when a
+    /// checkpoint reports more than `WAL_RESTART_PAGES` pages, the task takes a turn at the
+    /// gate and checkpoints once more while no write can run; the next write then starts the
+    /// WAL over. (The writer keeps an automatic checkpoint at `WRITER_AUTOCHECKPOINT_PAGES` as
+    /// a backstop, should this task ever stop.) The task ends once the gate is gone.
     pub(crate) fn start_checkpoints(&self, pool: DatabaseConnection) {
         let Some(gate) = &self.0 else { return };
         if gate.writer.is_none() {
@@ -144,10 +162,22 @@ impl WriteGate {
                 if taken == checkpointed {
                     continue;
                 }
-                checkpointed = taken;
-                if let Err(err) = sqlite::checkpoint(&pool).await {
-                    tracing::debug!(error = %err, "dabgent_mq: WAL checkpoint failed");
+                match sqlite::checkpoint(&pool).await {
+                    Ok(wal_pages) if wal_pages > WAL_RESTART_PAGES => {
+                        let Some(gate) = gate.upgrade() else { return };
+                        let _turn = gate.turns.lock().await;
+                        if let Err(err) = sqlite::checkpoint(&pool).await {
+                            tracing::debug!(error = %err, "dabgent_mq: WAL checkpoint failed");
+                            continue;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::debug!(error = %err, "dabgent_mq: WAL checkpoint failed");
+                        continue;
+                    }
                 }
+                checkpointed = taken;
             }
         });
     }
@@ -178,11 +208,11 @@ pub(crate) async fn connect(
     open(db_type, url, options, options.pool_size, false).await
 }
 
-/// Opens the connection for all of this process's writes to a SQLite file (see [`WriteGate`]):
-/// a pool of one, configured like the queue's pool, without automatic WAL checkpoints (the
-/// gate's checkpointer runs them, see [`WriteGate::start_checkpoints`]). `None` for
-/// PostgreSQL, and for an in-memory SQLite database, which lives in the queue's one pooled
-/// connection.
+/// Opens the connection for the queue's own writes to a SQLite file (see [`WriteGate`]): a
+/// pool of one that is never recycled, configured like the queue's pool, whose automatic WAL
+/// checkpoint is only a backstop (the gate's checkpointer runs them, see
+/// [`WriteGate::start_checkpoints`]). `None` for PostgreSQL, and for an in-memory SQLite
+/// database, which lives in the queue's one pooled connection.
 pub(crate) async fn connect_writer(
     db_type: DatabaseType,
     url: &str,
@@ -219,7 +249,9 @@ async fn open(
                 .map_err(|e| MqError::InvalidConfig(format!("malformed sqlite url: {e}")))?;
             let in_memory = is_sqlite_in_memory(url);
             let busy_timeout = options.sqlite_busy_timeout;
-            if in_memory {
+            if in_memory || writer {
+                // An in-memory database lives in its connection; the writer's page cache is
+                // what it is there for. Neither is ever recycled.
                 connect
                     .max_connections(1)
                     .min_connections(1)
@@ -244,7 +276,9 @@ async fn open(
                         .journal_mode(SqliteJournalMode::Wal)
                         .synchronous(SqliteSynchronous::Normal);
                     if writer {
-                        sqlite.pragma("wal_autocheckpoint", "0")
+                        sqlite
+                            .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
+                            .pragma("journal_size_limit", WAL_SIZE_LIMIT_BYTES)
                     } else {
                         sqlite
                     }

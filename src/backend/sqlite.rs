@@ -35,13 +35,19 @@ pub(crate) async fn notify<C: ConnectionTrait>(_conn: &C, _payload: &str) -> Res
     Ok(())
 }
 
-/// Copies the WAL into the database file as far as readers allow (`PASSIVE`). Concurrency:
-/// takes only the checkpoint lock; writers keep appending to the WAL meanwhile, and the next
-/// writer after a complete checkpoint starts the WAL over from its beginning.
-pub(crate) async fn checkpoint<C: ConnectionTrait>(conn: &C) -> Result<(), DbErr> {
-    conn.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
-        .await
-        .map(drop)
+/// Copies the WAL into the database file as far as readers allow (`PASSIVE`) and returns the
+/// WAL's length in pages. Concurrency: takes only the checkpoint lock, never waits, and never
+/// blocks a writer; writers keep appending to the WAL meanwhile. A write that finds the WAL
+/// entirely copied starts it over from its beginning.
+pub(crate) async fn checkpoint<C: ConnectionTrait>(conn: &C) -> Result<i64, DbErr> {
+    let row = conn
+        .query_one_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "PRAGMA wal_checkpoint(PASSIVE)",
+        ))
+        .await?;
+    // (busy, pages in the WAL, pages copied)
+    row.map_or(Ok(0), |row| row.try_get_by_index::<i64>(1))
 }
 
 /// The SQL form of a topic pattern, for `topic GLOB ?`. GLOB is case-sensitive (SQLite's LIKE
