@@ -1,8 +1,9 @@
 //! Connecting: URLs, database types, options, a host's connection, concurrent starts.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use dabgent_mq::sea_orm::{ConnectionTrait, Statement};
+use dabgent_mq::sea_orm::{ConnectionTrait, Statement, TryGetable};
 use dabgent_mq::{DatabaseType, MessageQueue, MqError, QueueOptions};
 use serde_json::json;
 
@@ -68,52 +69,24 @@ async fn an_unreachable_server_gives_a_connection_error_promptly() {
 
 #[tokio::test]
 async fn a_sqlite_file_is_created_in_an_empty_folder_in_wal_mode() {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("empty_folder_test");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("messages.db");
-    let queue = MessageQueue::new(
-        DatabaseType::Sqlite,
-        &format!("sqlite://{}", path.display()),
-    )
-    .await
-    .unwrap();
+    let (queue, path) = queue_on_new_sqlite_file("empty_folder_test").await;
     assert!(path.exists());
     queue.create_stream("orders").await.unwrap();
     queue
         .publish("orders", "order.created", json!({"ok": true}))
         .await
         .unwrap();
-    let conn = queue.connection();
-    let mode = conn
-        .query_one_raw(Statement::from_string(
-            conn.get_database_backend(),
-            "PRAGMA journal_mode",
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get_by_index::<String>(0)
-        .unwrap();
-    assert_eq!(mode, "wal");
-    let sync = conn
-        .query_one_raw(Statement::from_string(
-            conn.get_database_backend(),
-            "PRAGMA synchronous",
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get_by_index::<i64>(0)
-        .unwrap();
-    assert_eq!(sync, 1, "synchronous=NORMAL");
+    assert_eq!(pragma::<String>(&queue, "journal_mode").await, "wal");
+    assert_eq!(
+        pragma::<i64>(&queue, "synchronous").await,
+        1,
+        "synchronous=NORMAL"
+    );
 }
 
-#[tokio::test]
-async fn sqlite_writes_reach_the_database_file_by_background_checkpoints() {
-    // The queue's writer runs no checkpoint itself (it would stall the writes queued behind
-    // it on the disk); a background task does. Without it, everything would stay in the WAL.
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("checkpoint_test");
+/// A queue on a new SQLite file, `messages.db` in an empty folder of its own, and the file's path.
+async fn queue_on_new_sqlite_file(folder: &str) -> (MessageQueue, PathBuf) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(folder);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("messages.db");
@@ -123,6 +96,28 @@ async fn sqlite_writes_reach_the_database_file_by_background_checkpoints() {
     )
     .await
     .unwrap();
+    (queue, path)
+}
+
+/// The value of a SQLite PRAGMA as a pooled connection of the queue sees it.
+async fn pragma<T: TryGetable>(queue: &MessageQueue, name: &str) -> T {
+    let conn = queue.connection();
+    conn.query_one_raw(Statement::from_string(
+        conn.get_database_backend(),
+        format!("PRAGMA {name}"),
+    ))
+    .await
+    .unwrap()
+    .unwrap()
+    .try_get_by_index::<T>(0)
+    .unwrap()
+}
+
+#[tokio::test]
+async fn sqlite_writes_reach_the_database_file_by_background_checkpoints() {
+    // The queue's writer runs no checkpoint itself (it would stall the writes queued behind
+    // it on the disk); a background task does. Without it, everything would stay in the WAL.
+    let (queue, path) = queue_on_new_sqlite_file("checkpoint_test").await;
     queue.create_stream("blobs").await.unwrap();
     let before = std::fs::metadata(&path).unwrap().len();
     let body = json!({ "blob": "x".repeat(64 * 1024) });
@@ -144,37 +139,21 @@ async fn sqlite_writes_reach_the_database_file_by_background_checkpoints() {
     }
     // Only the writer's automatic checkpoint is moved out of the way; pooled connections,
     // which other writers such as `publish_in` use, keep SQLite's.
-    let conn = queue.connection();
-    let pooled = conn
-        .query_one_raw(Statement::from_string(
-            conn.get_database_backend(),
-            "PRAGMA wal_autocheckpoint",
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get_by_index::<i64>(0)
-        .unwrap();
-    assert_eq!(pooled, 1000, "pooled connections keep SQLite's default");
+    assert_eq!(
+        pragma::<i64>(&queue, "wal_autocheckpoint").await,
+        1000,
+        "pooled connections keep SQLite's default"
+    );
 }
 
 #[tokio::test]
 async fn the_sqlite_wal_stays_bounded_under_steady_writes() {
     // Checkpoints beside steady writes never leave the WAL entirely copied, and SQLite only
     // starts it over when a write finds it so; the checkpointer then holds writes once.
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wal_bound_test");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("messages.db");
-    let queue = MessageQueue::new(
-        DatabaseType::Sqlite,
-        &format!("sqlite://{}", path.display()),
-    )
-    .await
-    .unwrap();
+    let (queue, path) = queue_on_new_sqlite_file("wal_bound_test").await;
     queue.create_stream("blobs").await.unwrap();
     let body = json!({ "blob": "x".repeat(64 * 1024) });
-    let wal = dir.join("messages.db-wal");
+    let wal = path.with_extension("db-wal");
     let mut largest = 0;
     // 64 MiB of messages without a pause.
     for _ in 0..1024 {
