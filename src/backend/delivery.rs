@@ -499,6 +499,15 @@ fn held_leases(leases: &[(i64, i64)]) -> Condition {
         )
 }
 
+/// `held_leases` in the dialect's form: PostgreSQL's keeps every plan on the primary key
+/// (see `postgres::held_leases`).
+fn held_leases_in(backend: DbBackend, leases: &[(i64, i64)]) -> Condition {
+    match backend {
+        DbBackend::Postgres => postgres::held_leases(leases),
+        _ => held_leases(leases),
+    }
+}
+
 /// Releases a lease: the message becomes ready again after `backoff_ms`, or a dead letter
 /// if it has used `max_attempts`. Returns whether the lease was still held.
 pub(crate) async fn nack<C: ConnectionTrait>(
@@ -537,7 +546,7 @@ pub(crate) async fn extend_leases<C: ConnectionTrait>(
             )
             .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
             .and_where(leased_by_key())
-            .cond_where(held_leases(chunk))
+            .cond_where(held_leases_in(backend, chunk))
             .returning_col(delivery::Column::MessageId)
             .to_owned();
         for row in conn.query_all(&update).await? {
@@ -560,7 +569,7 @@ pub(crate) async fn release_leases<C: ConnectionTrait>(
         let update = end_leases(None, now_ms(backend))
             .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
             .and_where(leased_by_key())
-            .cond_where(held_leases(chunk))
+            .cond_where(held_leases_in(backend, chunk))
             .to_owned();
         released += conn.execute(&update).await?.rows_affected();
     }

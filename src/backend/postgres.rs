@@ -5,6 +5,8 @@
 //! `pg_notify`, which PostgreSQL delivers only when the transaction commits.
 //! Same function names, in the same order, as `sqlite.rs`.
 
+use entity::delivery;
+use sea_orm::sea_query::{Condition, Expr, ExprTrait};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement};
 
 use super::NewMessage;
@@ -317,6 +319,28 @@ pub(crate) async fn append_messages<C: ConnectionTrait>(
         .map(|row| row.try_get_by_index::<i64>(0))
         .collect::<Result<Vec<_>, DbErr>>()?;
     Ok(Some(ids))
+}
+
+/// The rows still held under these exact leases, as the condition of the portable lease
+/// statements (`delivery::extend_leases`, `delivery::release_leases`): `delivery::held_leases`
+/// with its list of ids replaced by one array that reaches `= ANY` through a subquery. As in
+/// `ack`, no plan made for the parameter values can then scan the group's whole primary key
+/// instead (measured on a 40,000-row group without statistics: 5.0 ms per extension of 100
+/// leases with the list of ids).
+pub(crate) fn held_leases(leases: &[(i64, i64)]) -> Condition {
+    let ids: Vec<i64> = leases.iter().map(|l| l.0).collect();
+    Condition::all()
+        .add(Expr::cust_with_values(
+            "message_id = ANY(ARRAY(SELECT unnest($1::int8[])))",
+            [sea_orm::Value::from(ids)],
+        ))
+        .add(
+            Expr::tuple([
+                Expr::col(delivery::Column::MessageId),
+                Expr::col(delivery::Column::LeaseToken),
+            ])
+            .in_tuples(leases.iter().copied()),
+        )
 }
 
 /// Deletes (acknowledges) the given leases and returns the message ids whose lease was still
