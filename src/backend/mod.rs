@@ -470,6 +470,14 @@ pub(crate) async fn publish_messages(
     messages: &[NewMessage],
 ) -> Result<Vec<i64>> {
     if db.get_database_backend() == DbBackend::Postgres
+        && let [message] = messages
+    {
+        return postgres::append_one(db, message)
+            .await?
+            .map(|id| vec![id])
+            .ok_or_else(|| MqError::UnknownStream(message.stream.clone()));
+    }
+    if db.get_database_backend() == DbBackend::Postgres
         && let Some(first) = messages.first()
         && messages.iter().all(|m| m.stream == first.stream)
     {
