@@ -887,3 +887,58 @@ async fn a_waiting_poll_receives_a_message_whose_lease_expired() {
         "took {waited:?} with a 30 s backstop"
     );
 }
+
+/// The median of `samples`.
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_a_batch_costs_the_same_behind_a_large_backlog() {
+    // Acks and lease extensions of a batch must find their rows by key. A plan that walked
+    // the group instead (SQLite's once made acking quadratic; on PostgreSQL, the plans made
+    // for the first runs of each prepared statement on a table without statistics scanned the
+    // group's whole primary key) makes them grow with the backlog. One connection, so that
+    // the first runs of each statement, which PostgreSQL plans for their values, are timed.
+    let (queue, _db) =
+        common::queue_with("settle_cost", dabgent_mq::QueueOptions::new().pool_size(1)).await;
+    let mut subs = Vec::new();
+    for (stream, backlog) in [("large", 100_000), ("small", 1_000)] {
+        queue.create_stream(stream).await.unwrap();
+        for start in (0..backlog).step_by(10_000) {
+            let batch = (start..backlog.min(start + 10_000))
+                .map(|i| Message::new(stream, "t", json!({"i": i})))
+                .collect();
+            queue.publish_batch(batch).await.unwrap();
+        }
+        subs.push(
+            queue
+                .subscribe_with_options(now(stream).batch_size(100))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut extend: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut ack: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..5 {
+        // Large first in every round, so that it gets its share of the first runs.
+        for (i, sub) in subs.iter_mut().enumerate() {
+            let ids: Vec<i64> = sub.poll().await.unwrap().iter().map(|m| m.id).collect();
+            assert_eq!(ids.len(), 100);
+            let started = std::time::Instant::now();
+            sub.heartbeat().await.unwrap();
+            extend[i].push(started.elapsed());
+            let started = std::time::Instant::now();
+            sub.ack_batch(&ids).await.unwrap();
+            ack[i].push(started.elapsed());
+        }
+    }
+    for (what, [large, small]) in [("heartbeat", extend), ("ack_batch", ack)] {
+        let (large, small) = (median(large), median(small));
+        assert!(
+            large < small * 3,
+            "{what} of 100 leases took {large:?} behind 100,000 ready messages, {small:?} behind 1,000"
+        );
+    }
+}
