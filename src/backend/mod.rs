@@ -463,35 +463,29 @@ pub(crate) async fn find_stream<C: ConnectionTrait>(
 }
 
 /// Appends `messages` (already validated) to their streams, atomically, and returns their ids
-/// in input order. On PostgreSQL a batch for one stream, and on SQLite a single message, is a
-/// single autocommit statement; otherwise the messages are written in a transaction.
+/// in input order. A single message, and on PostgreSQL a batch for one stream, is a single
+/// autocommit statement; otherwise the messages are written in a transaction.
 pub(crate) async fn publish_messages(
     db: &DatabaseConnection,
     messages: &[NewMessage],
 ) -> Result<Vec<i64>> {
-    if db.get_database_backend() == DbBackend::Postgres
-        && let [message] = messages
-    {
-        return postgres::append_one(db, message)
-            .await?
+    let backend = db.get_database_backend();
+    if let [message] = messages {
+        let id = match backend {
+            DbBackend::Postgres => postgres::append_one(db, message).await?,
+            _ => sqlite::append_one(db, message).await?,
+        };
+        return id
             .map(|id| vec![id])
             .ok_or_else(|| MqError::UnknownStream(message.stream.clone()));
     }
-    if db.get_database_backend() == DbBackend::Postgres
+    if backend == DbBackend::Postgres
         && let Some(first) = messages.first()
         && messages.iter().all(|m| m.stream == first.stream)
     {
         return postgres::append_messages(db, &first.stream, messages)
             .await?
             .ok_or_else(|| MqError::UnknownStream(first.stream.clone()));
-    }
-    if db.get_database_backend() == DbBackend::Sqlite
-        && let [message] = messages
-    {
-        return sqlite::append_one(db, message)
-            .await?
-            .map(|id| vec![id])
-            .ok_or_else(|| MqError::UnknownStream(message.stream.clone()));
     }
     let txn = begin_write(db).await?;
     let result = insert_messages(&txn, messages).await;
