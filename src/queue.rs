@@ -28,6 +28,10 @@ use crate::topic;
 /// back; the margin leaves room for the envelope of a caller's own framing.
 pub const MAX_PAYLOAD_DEPTH: usize = 100;
 
+/// How many bytes of serialized payload in one publish keep their callers' values alive until
+/// after the write (see `MessageQueue::prepare_all`).
+const KEEP_PAYLOADS_UP_TO: usize = 1 << 20;
+
 /// Which database a URL points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DatabaseType {
@@ -626,8 +630,11 @@ impl MessageQueue {
         &self.inner.gate
     }
 
-    /// Validates `messages` and turns them into rows to write; also returns their payload
-    /// values, for the caller to drop once the write is done.
+    /// Validates `messages` and turns them into rows to write; also returns payload values for
+    /// the caller to drop once the write is done (see `publish_batch`). Only the first
+    /// [`KEEP_PAYLOADS_UP_TO`] bytes of serialized payload keep their values: beyond that the
+    /// batch is large enough for its frees to be a small part of its cost, and holding every
+    /// value beside its text until the commit would double the batch's peak memory.
     fn prepare_all(&self, messages: Vec<Message>) -> Result<(Vec<NewMessage>, Vec<Value>)> {
         // A batch mostly repeats one stream and topic: each distinct run is checked once.
         let mut checked: Option<(&str, &str)> = None;
@@ -642,11 +649,15 @@ impl MessageQueue {
         }
         let max_payload_bytes = self.inner.options.max_payload_bytes;
         let mut payloads = Vec::with_capacity(messages.len());
+        let mut kept_bytes = 0;
         let rows = messages
             .into_iter()
             .map(|m| {
                 let (row, payload) = prepare(m, max_payload_bytes)?;
-                payloads.push(payload);
+                kept_bytes += row.payload.len();
+                if kept_bytes <= KEEP_PAYLOADS_UP_TO {
+                    payloads.push(payload);
+                }
                 Ok(row)
             })
             .collect::<Result<_>>()?;

@@ -397,10 +397,13 @@ pub(crate) fn held_leases(leases: &[(i64, i64)]) -> Condition {
 /// the first five runs of a prepared statement on each connection for their parameter values;
 /// seeing 100 ids on a table without statistics yet (a new deployment, until autovacuum
 /// analyzes it), it scanned the whole group instead (5.0 ms instead of 0.3 ms per ack of 100
-/// in a 40,000-row group). A subquery's result is unknown when planning, so every plan looks
-/// the ids up in the primary key. Rows are matched by key, never by `ctid`: a lease extended
-/// (same token) while the ack waits for its row lock is still acknowledged, because
-/// PostgreSQL re-checks the key conditions on the row's new version.
+/// in a 40,000-row group). A subquery's result is unknown when planning, and the planner
+/// assumes it is short (about ten rows), so it prefers looking the ids up in the primary key;
+/// the test `settling_a_batch_costs_the_same_behind_a_large_backlog` checks that it does.
+/// Rows are matched by their conditions, never by `ctid`. When the ack has to wait for a row
+/// lock, PostgreSQL evaluates the whole `WHERE` clause again on the row's new version: a lease
+/// extended meanwhile (same token) is still acknowledged, and a row released and claimed again
+/// (new token) is skipped.
 pub(crate) async fn ack<C: ConnectionTrait>(
     conn: &C,
     group_id: i64,

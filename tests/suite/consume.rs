@@ -904,7 +904,7 @@ async fn settling_a_batch_costs_the_same_behind_a_large_backlog() {
     let (queue, _db) =
         common::queue_with("settle_cost", dabgent_mq::QueueOptions::new().pool_size(1)).await;
     let mut subs = Vec::new();
-    for (stream, backlog) in [("large", 100_000), ("small", 1_000)] {
+    for (stream, backlog) in [("large", 200_000), ("small", 1_000)] {
         queue.create_stream(stream).await.unwrap();
         for start in (0..backlog).step_by(10_000) {
             let batch = (start..backlog.min(start + 10_000))
@@ -938,7 +938,7 @@ async fn settling_a_batch_costs_the_same_behind_a_large_backlog() {
         let (large, small) = (median(large), median(small));
         assert!(
             large < small * 3,
-            "{what} of 100 leases took {large:?} behind 100,000 ready messages, {small:?} behind 1,000"
+            "{what} of 100 leases took {large:?} behind 200,000 ready messages, {small:?} behind 1,000"
         );
     }
 }
