@@ -10,7 +10,7 @@ use sea_orm::sea_query::{Condition, Expr, ExprTrait};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement};
 
 use super::NewMessage;
-use super::delivery::{ClaimRequest, Claimed};
+use super::delivery::{ClaimRequest, Claimed, sort_claimed};
 use crate::error::MqError;
 
 /// Epoch milliseconds by the server's clock. `statement_timestamp()` is fixed for one
@@ -204,8 +204,7 @@ pub(crate) async fn claim<C: ConnectionTrait>(
          ) \
          SELECT u.state, m.id, m.stream_id, m.stream_offset, m.topic, m.payload, m.priority, \
                 m.created_at, m.deliver_at, u.attempts, u.lease_token \
-         FROM u LEFT JOIN mq_messages m ON m.id = u.message_id AND u.state = 1 \
-         ORDER BY m.priority DESC, m.stream_offset"
+         FROM u LEFT JOIN mq_messages m ON m.id = u.message_id AND u.state = 1"
     );
     let rows = conn
         .query_all_raw(Statement::from_sql_and_values(
@@ -227,7 +226,16 @@ pub(crate) async fn claim<C: ConnectionTrait>(
             lease_token: row.try_get("", "lease_token")?,
         });
     }
+    // Sorted here rather than by the statement: the server has less to do, and that is the
+    // side a group's members share.
+    sort_claimed(&mut claimed);
     Ok((claimed, buried))
+}
+
+/// The token shared by all of `leases`, if they share one.
+fn common_token(leases: &[(i64, i64)]) -> Option<i64> {
+    let (_, first) = *leases.first()?;
+    leases.iter().all(|&(_, t)| t == first).then_some(first)
 }
 
 /// ` AND (topic LIKE $6 ESCAPE E'\\' OR ...)` for the patterns, binding them after `values`;
@@ -404,6 +412,10 @@ pub(crate) fn held_leases(leases: &[(i64, i64)]) -> Condition {
 /// lock, PostgreSQL evaluates the whole `WHERE` clause again on the row's new version: a lease
 /// extended meanwhile (same token) is still acknowledged, and a row released and claimed again
 /// (new token) is skipped.
+///
+/// When every lease of the batch carries the same token, as on every first delivery, the token
+/// is one scalar: `array_position` searches the id array once per row, a third of the cost of
+/// acknowledging 100 messages.
 pub(crate) async fn ack<C: ConnectionTrait>(
     conn: &C,
     group_id: i64,
@@ -417,6 +429,16 @@ pub(crate) async fn ack<C: ConnectionTrait>(
                AND state::integer = 1 \
              RETURNING message_id",
             [group_id.into(), (*id).into(), (*token).into()],
+        )
+    } else if let Some(token) = common_token(leases) {
+        let ids: Vec<i64> = leases.iter().map(|l| l.0).collect();
+        Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "DELETE FROM mq_deliveries d \
+             WHERE d.group_id = $1 AND d.message_id = ANY(ARRAY(SELECT unnest($2::int8[]))) \
+               AND d.lease_token = $3 AND d.state::integer = 1 \
+             RETURNING d.message_id",
+            [group_id.into(), ids.into(), token.into()],
         )
     } else {
         let ids: Vec<i64> = leases.iter().map(|l| l.0).collect();
