@@ -149,14 +149,15 @@ pub(crate) async fn claim<C: ConnectionTrait>(
             buried += 1;
             continue;
         }
-        let payload: String = row.try_get_by_index(7)?;
         claimed.push(Claimed {
             message: entity::message::Model {
                 id: row.try_get_by_index(0)?,
                 stream_id: req.stream_id,
                 stream_offset: row.try_get_by_index(4)?,
                 topic: row.try_get_by_index(6)?,
-                payload: serde_json::from_str(&payload).map_err(|e| DbErr::Json(e.to_string()))?,
+                // Parsed from the row's own bytes, with no copy into a `String` and no
+                // separate UTF-8 pass first.
+                payload: row.try_get_by_index(7)?,
                 priority: row.try_get_by_index(5)?,
                 created_at: row.try_get_by_index(8)?,
                 deliver_at: row.try_get_by_index(9)?,
