@@ -101,6 +101,15 @@ pub enum MqError {
     /// malformed URL, an option out of range, or an unsupported database.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+
+    /// The queue was told not to apply migrations
+    /// ([`QueueOptions::run_migrations`](crate::QueueOptions::run_migrations) off), and the
+    /// database lacks this many of the migrations this version needs. Apply them (`migrate
+    /// up` with the `migration` crate) or let the queue apply them.
+    #[error(
+        "the database lacks {0} migration(s) this version of dabgent_mq needs; apply them with `migrate up`"
+    )]
+    MigrationsPending(usize),
 }
 
 impl MqError {

@@ -71,7 +71,9 @@ impl QueueOptions {
     }
 
     /// Whether the queue applies its pending migrations when it is created (default `true`).
-    /// Turn it off when the schema is managed with `sea-orm-cli migrate up -d migration`.
+    /// Turn it off when the schema is managed with `sea-orm-cli migrate up -d migration`; the
+    /// queue then checks that none is pending, and fails to start with
+    /// [`MqError::MigrationsPending`](crate::MqError::MigrationsPending) otherwise.
     #[must_use]
     pub fn run_migrations(mut self, run: bool) -> Self {
         self.run_migrations = run;

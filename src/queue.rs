@@ -150,7 +150,8 @@ impl MessageQueue {
     ///
     /// # Errors
     ///
-    /// As [`MessageQueue::new`], and [`MqError::InvalidConfig`] for options out of range.
+    /// As [`MessageQueue::new`], [`MqError::InvalidConfig`] for options out of range, and
+    /// [`MqError::MigrationsPending`] if migrations are off and the database lacks some.
     pub async fn with_options(
         db_type: DatabaseType,
         url: &str,
@@ -182,7 +183,8 @@ impl MessageQueue {
     ///
     /// # Errors
     ///
-    /// As [`MessageQueue::from_connection`].
+    /// As [`MessageQueue::from_connection`], and [`MqError::MigrationsPending`] if migrations
+    /// are off and the database lacks some.
     pub async fn from_connection_with_options(
         db: DatabaseConnection,
         options: QueueOptions,
@@ -200,6 +202,13 @@ impl MessageQueue {
     ) -> Result<Self> {
         if options.run_migrations {
             backend::migrate(&db).await?;
+        } else {
+            // The statements depend on the schema (on SQLite, a catch-up trigger), so a
+            // database behind this version must not be used as if it were current.
+            let pending = backend::pending_migrations(&db).await?;
+            if pending > 0 {
+                return Err(MqError::MigrationsPending(pending));
+            }
         }
         let gate = WriteGate::new(db_type, writer);
         gate.start_checkpoints(db.clone());

@@ -13,6 +13,7 @@ mod m20260101_000001_create_queue_tables;
 mod m20260102_000001_sqlite_single_statement_publish;
 mod m20260103_000001_postgres_table_storage;
 mod m20260104_000001_sqlite_head_from_log;
+mod m20260105_000001_sqlite_catch_up_trigger;
 
 /// Name of the table in which these migrations record the versions they have applied.
 pub const MIGRATION_TABLE: &str = "dabgent_mq_migrations";
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20260102_000001_sqlite_single_statement_publish::Migration),
             Box::new(m20260103_000001_postgres_table_storage::Migration),
             Box::new(m20260104_000001_sqlite_head_from_log::Migration),
+            Box::new(m20260105_000001_sqlite_catch_up_trigger::Migration),
         ]
     }
 

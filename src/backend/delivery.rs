@@ -1,9 +1,10 @@
 //! Consumer groups, delivery state, leases and the member registry: the portable statements.
 //!
 //! Delivery rows are filled lazily: publishing writes only the log, and a claimer that finds
-//! its group behind the head of the stream first inserts the missing delivery rows in one
-//! `INSERT ... SELECT` under the group row's lock ("materializing"), so a publish stays one row
-//! per message and priorities are exact among everything published before the claim.
+//! its group behind the head of the stream first inserts the missing delivery rows and moves
+//! the group's position past them, atomically ("materializing": one statement on each
+//! database, see `postgres::catch_up` and `sqlite::catch_up`), so a publish stays one row per
+//! message and priorities are exact among everything published before the claim.
 //!
 //! States of a delivery row: 0 ready, 1 leased, 2 dead letter. Acknowledged rows are deleted;
 //! the log keeps the message for replay. Every change to a leased row is fenced by its lease
@@ -11,9 +12,7 @@
 //! that has since been given to someone else.
 
 use entity::{consumer, consumer_group, delivery, message, stream};
-use sea_orm::sea_query::{
-    Alias, Condition, Expr, ExprTrait, LockType, OnConflict, Query, UpdateStatement,
-};
+use sea_orm::sea_query::{Alias, Condition, Expr, ExprTrait, OnConflict, Query, UpdateStatement};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
     TransactionTrait,
@@ -33,10 +32,6 @@ pub(crate) const DEAD: i16 = 2;
 /// Most ids (or id pairs) bound in one statement: far below SQLite's 32,766 and PostgreSQL's
 /// 65,535 bind parameters.
 const ID_CHUNK: usize = 1000;
-
-/// Most delivery rows one materializing statement inserts; a long backlog is caught up in
-/// several statements of this size inside one transaction.
-const MATERIALIZE_CHUNK: i64 = 10_000;
 
 /// What a claim asks for.
 #[derive(Debug, Clone, Copy)]
@@ -194,7 +189,9 @@ pub(crate) async fn touch_consumer<C: ConnectionTrait>(
 /// leases the best ready rows (priority, then offset). Results are in claim order.
 ///
 /// Priorities are exact among everything published before the claim, because rows are only
-/// picked from a group that is caught up. The first statement checks that itself and picks
+/// picked from a group that is caught up. On SQLite, every claim catches up and picks in one
+/// round trip (see `sqlite::claim`). On PostgreSQL, where a catch-up is a statement of its own
+/// that locks the group row, the first statement checks that the group is caught up and picks
 /// nothing otherwise, so the common case, a caught-up group with enough ready rows, costs one
 /// statement. A claim that comes back short looks at the group's position: if it was behind,
 /// it catches up and claims the remaining places (without the check: the group was just
@@ -202,13 +199,14 @@ pub(crate) async fn touch_consumer<C: ConnectionTrait>(
 /// has been waiting for messages catches up first instead, as its group is probably behind.
 pub(crate) async fn claim<C>(conn: &C, req: &ClaimRequest<'_>) -> Result<Vec<Claimed>>
 where
-    C: ConnectionTrait + TransactionTrait,
+    C: ConnectionTrait,
 {
     if req.reap {
         reap_expired(conn, req.group_id, req.max_attempts).await?;
     }
-    let mut caught_up_only = true;
-    if req.catch_up_first {
+    let postgres = conn.get_database_backend() == DbBackend::Postgres;
+    let mut caught_up_only = postgres;
+    if postgres && req.catch_up_first {
         materialize(conn, req.group_id, req.stream_id).await?;
         caught_up_only = false;
     }
@@ -217,7 +215,12 @@ where
     let mut rounds = 0;
     loop {
         let request = ClaimRequest { limit, ..*req };
-        let (leased, buried) = match dialect_claim(conn, &request, caught_up_only).await {
+        let round = if postgres {
+            postgres::claim(conn, &request, caught_up_only).await
+        } else {
+            sqlite::claim(conn, &request).await
+        };
+        let (leased, buried) = match round {
             Ok(round) => round,
             Err(err) => return settle_failed_round(claimed, err),
         };
@@ -264,125 +267,20 @@ fn settle_failed_round(claimed: Vec<Claimed>, err: MqError) -> Result<Vec<Claime
     Ok(claimed)
 }
 
-/// One claim statement: the rows leased, and how many picked rows were buried instead. With
-/// `caught_up_only`, it picks nothing unless the group has materialized its stream's head.
-async fn dialect_claim<C: ConnectionTrait>(
-    conn: &C,
-    req: &ClaimRequest<'_>,
-    caught_up_only: bool,
-) -> Result<(Vec<Claimed>, usize)> {
-    match conn.get_database_backend() {
-        DbBackend::Postgres => postgres::claim(conn, req, caught_up_only).await,
-        _ => sqlite::claim(conn, req, caught_up_only).await,
-    }
-}
-
 /// Inserts the delivery rows of every message the group has not seen yet, up to the committed
 /// head of the stream, and returns whether it was behind. Cheap when the group is caught up
-/// (one indexed read). PostgreSQL catches up in one statement (`postgres::catch_up`); SQLite,
-/// where statements cost no round trip, in the portable transaction below.
-async fn materialize<C>(conn: &C, group_id: i64, stream_id: i64) -> Result<bool>
-where
-    C: ConnectionTrait + TransactionTrait,
-{
+/// (one indexed read). Each backend catches up in one statement (`postgres::catch_up`,
+/// `sqlite::catch_up`).
+async fn materialize<C: ConnectionTrait>(conn: &C, group_id: i64, stream_id: i64) -> Result<bool> {
     let (materialized, head) = group_position(conn, group_id).await?;
     if materialized >= head {
         return Ok(false);
     }
     match conn.get_database_backend() {
         DbBackend::Postgres => postgres::catch_up(conn, group_id, stream_id).await?,
-        _ => catch_up_in_transaction(conn, group_id, stream_id).await?,
+        _ => sqlite::catch_up(conn, group_id, stream_id).await?,
     }
     Ok(true)
-}
-
-/// The catch-up as a transaction of portable statements.
-///
-/// Concurrency: the group row is locked (SQLite's write lock; `FOR NO KEY UPDATE` where rows
-/// can be locked), so one materializer per group runs at a time, and it reads the head after
-/// taking the lock.
-/// The head is only ever read as committed, and a publisher updates it in the same
-/// transaction as its messages, so every offset up to it is visible.
-async fn catch_up_in_transaction<C>(conn: &C, group_id: i64, stream_id: i64) -> Result<()>
-where
-    C: ConnectionTrait + TransactionTrait,
-{
-    let txn = begin_write(conn).await?;
-    let result = async {
-        let locked = Query::select()
-            .column(consumer_group::Column::MaterializedOffset)
-            .from(consumer_group::Entity)
-            .and_where(Expr::col(consumer_group::Column::Id).eq(group_id))
-            // NO KEY UPDATE, not UPDATE: it still excludes a second materializer, but not
-            // the foreign-key checks of members joining the group meanwhile. Waiting here
-            // (rather than SKIP LOCKED) is deliberate: a member that skipped would claim
-            // from a group that is not caught up yet, or come back empty and poll again,
-            // which under load costs more than the wait.
-            .lock(LockType::NoKeyUpdate)
-            .to_owned();
-        let Some(row) = txn.query_one(&locked).await? else {
-            return Ok(());
-        };
-        let mut from: i64 = row.try_get_by_index(0)?;
-        let head_of_stream = Query::select()
-            .expr(super::head(txn.get_database_backend()))
-            .from(stream::Entity)
-            .and_where(Expr::col(stream::Column::Id).eq(stream_id))
-            .to_owned();
-        let head: i64 = match txn.query_one(&head_of_stream).await? {
-            Some(row) => row.try_get_by_index(0)?,
-            None => 0,
-        };
-        while from < head {
-            let to = Ord::min(head, from.saturating_add(MATERIALIZE_CHUNK));
-            let select = Query::select()
-                .expr(Expr::val(group_id))
-                .column(message::Column::Id)
-                .column(message::Column::StreamOffset)
-                .column(message::Column::Priority)
-                .column(message::Column::Topic)
-                .expr(Expr::val(READY))
-                .expr(Expr::val(0i32))
-                .column(message::Column::DeliverAt)
-                .from(message::Entity)
-                .and_where(Expr::col(message::Column::StreamId).eq(stream_id))
-                .and_where(Expr::col(message::Column::StreamOffset).gt(from))
-                .and_where(Expr::col(message::Column::StreamOffset).lte(to))
-                .to_owned();
-            let insert = Query::insert()
-                .into_table(delivery::Entity)
-                .columns([
-                    delivery::Column::GroupId,
-                    delivery::Column::MessageId,
-                    delivery::Column::StreamOffset,
-                    delivery::Column::Priority,
-                    delivery::Column::Topic,
-                    delivery::Column::State,
-                    delivery::Column::Attempts,
-                    delivery::Column::AvailableAt,
-                ])
-                .select_from(select)
-                .map_err(|e| DbErr::Custom(e.to_string()))?
-                .on_conflict(
-                    OnConflict::columns([delivery::Column::GroupId, delivery::Column::MessageId])
-                        .do_nothing()
-                        .to_owned(),
-                )
-                .to_owned();
-            txn.execute(&insert).await?;
-            from = to;
-        }
-        let advance = Query::update()
-            .table(consumer_group::Entity)
-            .value(consumer_group::Column::MaterializedOffset, from)
-            .and_where(Expr::col(consumer_group::Column::Id).eq(group_id))
-            .and_where(Expr::col(consumer_group::Column::MaterializedOffset).lt(from))
-            .to_owned();
-        txn.execute(&advance).await?;
-        Ok(())
-    }
-    .await;
-    super::finish(txn, result).await
 }
 
 /// The group's materialized offset and the committed head of its stream.

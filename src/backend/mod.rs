@@ -366,6 +366,12 @@ pub(crate) fn database_type(conn: &DatabaseConnection) -> Result<DatabaseType> {
     }
 }
 
+/// How many of this version's migrations the database has not applied. Reads only: it creates
+/// no migration table where there is none (then every migration is pending).
+pub(crate) async fn pending_migrations(db: &DatabaseConnection) -> Result<usize> {
+    Ok(Migrator::get_pending_migrations_read_only(db).await?.len())
+}
+
 /// Applies pending migrations, one process at a time: under an advisory lock on PostgreSQL,
 /// inside `BEGIN IMMEDIATE` on SQLite.
 pub(crate) async fn migrate(db: &DatabaseConnection) -> Result<()> {

@@ -82,20 +82,58 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
     row.map_or(Ok(false), |row| row.try_get_by_index::<bool>(0))
 }
 
-/// Leases up to `req.limit` ready rows of the group and returns them with their messages, in
-/// claim order, in one autocommit statement. With `caught_up_only`, it leases nothing unless
-/// the group has materialized its stream's head (see `delivery::claim`). A picked row that has
+/// Moves the group's position to the head of its stream; the trigger
+/// `mq_consumer_groups_materialize` (see the migration that creates it) inserts the delivery
+/// rows of the messages it moves over, within the same statement. `?1` is the group.
+///
+/// Concurrency: one statement, under SQLite's single write lock, reads the head and the
+/// position, inserts the range between them and moves the position, so no other materializer
+/// can interleave and no range is inserted twice. The head is read as committed, and a
+/// publisher writes its messages in one statement or transaction, so every offset up to it is
+/// there.
+fn catch_up_sql() -> String {
+    format!(
+        "UPDATE mq_consumer_groups AS g \
+         SET materialized_offset = (SELECT {HEAD} FROM mq_streams WHERE mq_streams.id = g.stream_id) \
+         WHERE g.id = ?1 AND g.materialized_offset < \
+            (SELECT {HEAD} FROM mq_streams WHERE mq_streams.id = g.stream_id)"
+    )
+}
+
+/// Catches the group up to the committed head of its stream (see [`catch_up_sql`]), in one
+/// autocommit statement.
+pub(crate) async fn catch_up<C: ConnectionTrait>(
+    conn: &C,
+    group_id: i64,
+    _stream_id: i64,
+) -> Result<(), MqError> {
+    conn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        catch_up_sql(),
+        [group_id.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Catches the group up (see [`catch_up`]), then leases up to `req.limit` ready rows of it
+/// and returns them with their messages, in claim order: two autocommit statements sent in
+/// one call, which SQLite runs in order on the connection, so a claim costs one round trip
+/// to the driver's worker thread (on a small machine such a round trip, two thread
+/// wake-ups, costs more than either statement). Catching up right before the pick keeps
+/// priorities exact among everything committed before the claim. A picked row that has
 /// already used `max_attempts` becomes a dead letter instead (see `postgres::claim`); the
 /// second value counts those.
 ///
-/// Concurrency: a single statement runs under SQLite's write lock, so no other writer can
-/// interleave; the subquery's `LIMIT` is therefore exact (there is no SKIP LOCKED to
-/// misbehave), and one `UPDATE ... RETURNING` leases the rows, increments their lease tokens
-/// and reads their messages (correlated subqueries by primary key).
+/// Concurrency: each statement runs under SQLite's write lock, so no other writer can
+/// interleave with either; the subquery's `LIMIT` is therefore exact (there is no SKIP LOCKED
+/// to misbehave), and one `UPDATE ... RETURNING` leases the rows, increments their lease
+/// tokens and reads their messages (correlated subqueries by primary key). A publish that
+/// commits between the two statements is left for the next claim, as one that commits just
+/// after the claim would be.
 pub(crate) async fn claim<C: ConnectionTrait>(
     conn: &C,
     req: &ClaimRequest<'_>,
-    caught_up_only: bool,
 ) -> Result<(Vec<Claimed>, usize), MqError> {
     let mut values: Vec<sea_orm::Value> = vec![
         req.group_id.into(),
@@ -106,18 +144,10 @@ pub(crate) async fn claim<C: ConnectionTrait>(
         req.max_attempts.into(),
     ];
     let filter = topic_filter(req.sql_patterns, &mut values);
-    // An uncorrelated scalar subquery: SQLite evaluates it once per statement.
-    let guard = if caught_up_only {
-        format!(
-            " AND (SELECT g.materialized_offset >= {HEAD} \
-               FROM mq_consumer_groups g JOIN mq_streams ON mq_streams.id = g.stream_id \
-               WHERE g.id = ?1)"
-        )
-    } else {
-        String::new()
-    };
+    let catch_up = catch_up_sql();
     let sql = format!(
-        "UPDATE mq_deliveries \
+        "{catch_up}; \
+         UPDATE mq_deliveries \
          SET state = CASE WHEN attempts >= ?6 THEN 2 ELSE 1 END, \
              attempts = CASE WHEN attempts >= ?6 THEN attempts ELSE attempts + 1 END, \
              lease_token = COALESCE(lease_token, 0) + 1, \
@@ -126,7 +156,7 @@ pub(crate) async fn claim<C: ConnectionTrait>(
          WHERE group_id = ?1 AND state = 0 AND message_id IN ( \
             SELECT message_id FROM mq_deliveries \
             WHERE group_id = ?1 AND state = 0 AND available_at <= {NOW_MS} \
-              AND stream_offset >= ?2{filter}{guard} \
+              AND stream_offset >= ?2{filter} \
             ORDER BY priority DESC, stream_offset \
             LIMIT ?3) \
          RETURNING message_id, state, attempts, lease_token, stream_offset, priority, topic, \

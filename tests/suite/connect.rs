@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use dabgent_mq::sea_orm::{ConnectionTrait, Statement, TryGetable};
 use dabgent_mq::{DatabaseType, MessageQueue, MqError, QueueOptions};
+use migration::{MIGRATION_TABLE, Migrator, MigratorTrait, SchemaManager};
 use serde_json::json;
 
 use crate::common::{self, migrations};
@@ -215,15 +216,41 @@ async fn from_connection_uses_the_host_pool_and_migrates() {
 }
 
 #[tokio::test]
-async fn from_connection_without_migrations_expects_the_schema_to_exist() {
+async fn from_connection_without_migrations_refuses_a_database_without_the_schema() {
     let db = common::fresh_db("from_connection_nomigrate").await;
     let host = common::connect(&db).await;
-    let queue =
-        MessageQueue::from_connection_with_options(host, QueueOptions::new().run_migrations(false))
-            .await
-            .unwrap();
-    let err = queue.create_stream("orders").await.unwrap_err();
-    assert!(matches!(err, MqError::Database(_)), "{err:?}");
+    let err = MessageQueue::from_connection_with_options(
+        host.clone(),
+        QueueOptions::new().run_migrations(false),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, MqError::MigrationsPending(n) if n == usize::try_from(migrations()).unwrap()),
+        "{err:?}"
+    );
+    // The check only reads: it created no migration table.
+    let manager = SchemaManager::new(&host);
+    assert!(!manager.has_table(MIGRATION_TABLE).await.unwrap());
+}
+
+#[tokio::test]
+async fn without_migrations_a_database_one_migration_behind_is_refused() {
+    let db = common::fresh_db("one_migration_behind").await;
+    let host = common::connect(&db).await;
+    let all = u32::try_from(migrations()).unwrap();
+    Migrator::up(&host, Some(all - 1)).await.unwrap();
+    let options = || QueueOptions::new().run_migrations(false);
+    let err = MessageQueue::from_connection_with_options(host.clone(), options())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MqError::MigrationsPending(1)), "{err:?}");
+    assert!(!err.is_retryable());
+    Migrator::up(&host, None).await.unwrap();
+    let queue = MessageQueue::from_connection_with_options(host, options())
+        .await
+        .unwrap();
+    queue.create_stream("orders").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
