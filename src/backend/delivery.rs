@@ -326,14 +326,18 @@ fn end_leases(max_attempts: Option<i32>, available_at: Expr) -> UpdateStatement 
 /// Returns the group's expired leases to the ready set (or to the dead letters once they have
 /// used `max_attempts`). The attempt was counted when the lease was taken.
 ///
-/// Concurrency: a plain `UPDATE ... WHERE state = leased AND lease_expires_at <= now`; two
-/// reapers racing on a row serialize on its lock and the second finds it no longer leased.
+/// Concurrency: PostgreSQL skips rows that others hold (`postgres::reap_expired`). On SQLite,
+/// a plain `UPDATE ... WHERE state = leased AND lease_expires_at <= now` under the single
+/// write lock, so reapers take turns and a later one finds the rows no longer leased.
 async fn reap_expired<C: ConnectionTrait>(
     conn: &C,
     group_id: i64,
     max_attempts: i32,
 ) -> Result<u64> {
     let backend = conn.get_database_backend();
+    if backend == DbBackend::Postgres {
+        return postgres::reap_expired(conn, group_id, max_attempts).await;
+    }
     let update = end_leases(Some(max_attempts), now_ms(backend))
         .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
         .and_where(Expr::col(delivery::Column::State).eq(LEASED))

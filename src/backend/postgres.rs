@@ -135,6 +135,43 @@ pub(crate) async fn catch_up<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Returns the group's expired leases to the ready set, or to the dead letters once they have
+/// used `max_attempts`; returns how many.
+///
+/// Concurrency: the expired rows are picked and locked with `FOR UPDATE SKIP LOCKED`, so a
+/// reaper never waits for a row: not for another member reaping at the same moment, nor for
+/// an ack, lease extension or release that holds one (that row is left to it, or to the next
+/// reap if it is still expired then). As a plain `UPDATE`, two statements that lock the same
+/// rows in different orders (a reaper and a batch ack, or two reapers with different plans)
+/// could deadlock, and PostgreSQL then fails one of them. The `UPDATE` reaches the rows by
+/// `ctid`, which cannot change while the statement holds their locks, and re-checks that each
+/// is still leased (see `claim` for a row changed between the snapshot and the lock).
+pub(crate) async fn reap_expired<C: ConnectionTrait>(
+    conn: &C,
+    group_id: i64,
+    max_attempts: i32,
+) -> Result<u64, MqError> {
+    let sql = format!(
+        "WITH e AS MATERIALIZED ( \
+            SELECT ctid AS row_id FROM mq_deliveries \
+            WHERE group_id = $1 AND state = 1 AND lease_expires_at <= {NOW_MS} \
+            FOR UPDATE SKIP LOCKED \
+         ) \
+         UPDATE mq_deliveries d \
+         SET state = CASE WHEN d.attempts >= $2 THEN 2 ELSE 0 END, \
+             lease_expires_at = NULL, consumer_id = NULL, available_at = {NOW_MS} \
+         FROM e WHERE d.ctid = e.row_id AND d.state::integer = 1"
+    );
+    let result = conn
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            [group_id.into(), max_attempts.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected())
+}
+
 /// Leases up to `req.limit` ready rows of the group and returns them with their messages, in
 /// claim order, in one statement. With `caught_up_only`, it leases nothing unless the group
 /// has materialized its stream's head (see `delivery::claim`). A picked row that has already
