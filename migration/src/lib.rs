@@ -15,6 +15,18 @@ mod m20260103_000001_postgres_table_storage;
 mod m20260104_000001_sqlite_head_from_log;
 mod m20260105_000001_sqlite_catch_up_trigger;
 
+/// Runs `sql` on SQLite only: the SQLite-specific migrations have nothing to do on PostgreSQL.
+async fn on_sqlite(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+    if manager.get_database_backend() != sea_orm_migration::sea_orm::DbBackend::Sqlite {
+        return Ok(());
+    }
+    manager
+        .get_connection()
+        .execute_unprepared(sql)
+        .await
+        .map(drop)
+}
+
 /// Name of the table in which these migrations record the versions they have applied.
 pub const MIGRATION_TABLE: &str = "dabgent_mq_migrations";
 

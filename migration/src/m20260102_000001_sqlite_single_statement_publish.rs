@@ -9,7 +9,6 @@
 //! statement of its own and gets no trigger.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
 /// Also used by the migration that drops the trigger again, to restore it on `down`.
 pub(crate) const CREATE_TRIGGER: &str = "CREATE TRIGGER mq_messages_advance_head AFTER INSERT ON mq_messages \
@@ -24,24 +23,10 @@ pub(crate) struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Sqlite {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared(CREATE_TRIGGER)
-            .await
-            .map(drop)
+        super::on_sqlite(manager, CREATE_TRIGGER).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Sqlite {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared("DROP TRIGGER IF EXISTS mq_messages_advance_head")
-            .await
-            .map(drop)
+        super::on_sqlite(manager, "DROP TRIGGER IF EXISTS mq_messages_advance_head").await
     }
 }

@@ -16,14 +16,7 @@ pub(crate) struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Sqlite {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared("DROP TRIGGER IF EXISTS mq_messages_advance_head")
-            .await
-            .map(drop)
+        super::on_sqlite(manager, "DROP TRIGGER IF EXISTS mq_messages_advance_head").await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -16,7 +16,6 @@
 //! schema) correct too.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
 const CREATE_TRIGGER: &str = "CREATE TRIGGER mq_consumer_groups_materialize \
      AFTER UPDATE OF materialized_offset ON mq_consumer_groups \
@@ -39,24 +38,14 @@ pub(crate) struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Sqlite {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared(CREATE_TRIGGER)
-            .await
-            .map(drop)
+        super::on_sqlite(manager, CREATE_TRIGGER).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Sqlite {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared("DROP TRIGGER IF EXISTS mq_consumer_groups_materialize")
-            .await
-            .map(drop)
+        super::on_sqlite(
+            manager,
+            "DROP TRIGGER IF EXISTS mq_consumer_groups_materialize",
+        )
+        .await
     }
 }
