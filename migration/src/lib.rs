@@ -14,6 +14,7 @@ mod m20260102_000001_sqlite_single_statement_publish;
 mod m20260103_000001_postgres_table_storage;
 mod m20260104_000001_sqlite_head_from_log;
 mod m20260105_000001_sqlite_catch_up_trigger;
+mod m20260106_000001_postgres_catch_up_range;
 
 /// Runs `sql` on SQLite only: the SQLite-specific migrations have nothing to do on PostgreSQL.
 async fn on_sqlite(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20260103_000001_postgres_table_storage::Migration),
             Box::new(m20260104_000001_sqlite_head_from_log::Migration),
             Box::new(m20260105_000001_sqlite_catch_up_trigger::Migration),
+            Box::new(m20260106_000001_postgres_catch_up_range::Migration),
         ]
     }
 

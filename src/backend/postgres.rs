@@ -86,19 +86,23 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
     row.map_or(Ok(false), |row| row.try_get_by_index::<bool>(0))
 }
 
-/// Catches a group up with the head of its stream in one statement: inserts the delivery rows
-/// of every message the group has not seen yet and advances its position (the portable
-/// version in `delivery::materialize` takes a transaction of five statements, which SQLite
-/// runs in-process but PostgreSQL pays for in round trips on every catch-up).
+/// Catches a group up with the head of its stream in one statement: advances its position
+/// and inserts the delivery rows of every message it moved over.
 ///
-/// Concurrency: the first CTE locks the group row (`FOR NO KEY UPDATE`), so one catch-up per
-/// group runs at a time; a second one waits, then sees the first one's position (PostgreSQL
-/// re-reads a locked row after waiting for it) and inserts only offsets above it. Delivery
-/// rows are inserted nowhere else, and always together with the move of the position, so the
-/// insert cannot meet an existing row and needs no `ON CONFLICT` clause (whose speculative
-/// insertion made a large catch-up about 1.6 times slower). The head and the messages are
-/// read in the statement's snapshot, in which every offset up to the head is visible,
-/// because a publisher moves the head in the same transaction as its messages.
+/// Concurrency: the position is read and moved under the one row lock that the `UPDATE`
+/// takes. A second catch-up of the group waits for that lock, then re-evaluates its `WHERE`
+/// and `SET` on the row the first one left (PostgreSQL's EvalPlanQual), so it moves the
+/// position only from where the first left it, and `RETURNING` hands the insert exactly the
+/// range this statement moved over (`materialized_from` keeps the position it started from;
+/// PostgreSQL 15 cannot return a column's old value otherwise). The statement waits for no
+/// other lock while it holds this one. (An earlier form locked the row in a CTE with `FOR NO
+/// KEY UPDATE` and then updated it through the version in the statement's snapshot; under
+/// contention concurrent catch-ups deadlocked, and PostgreSQL failed one after a second.)
+/// Delivery rows are inserted nowhere else, and always together with the move of the
+/// position, so the insert cannot meet an existing row and needs no `ON CONFLICT` clause
+/// (whose speculative insertion made a large catch-up about 1.6 times slower). The head and
+/// the messages are read in the statement's snapshot, in which every offset up to the head is
+/// visible, because a publisher moves the head in the same transaction as its messages.
 ///
 /// Its commit does not wait for the disk (`synchronous_commit` off for this transaction
 /// only): a catch-up can always be done again from the log, so a crash that loses it loses
@@ -108,24 +112,23 @@ pub(crate) async fn catch_up<C: ConnectionTrait>(
     group_id: i64,
     stream_id: i64,
 ) -> Result<(), MqError> {
-    let sql = "WITH g AS ( \
-            SELECT materialized_offset AS position FROM mq_consumer_groups \
-            WHERE id = $1 FOR NO KEY UPDATE \
-         ), h AS ( \
+    let sql = "WITH h AS ( \
             SELECT last_offset AS head FROM mq_streams WHERE id = $2 \
-         ), i AS ( \
-            INSERT INTO mq_deliveries \
-                (group_id, message_id, stream_offset, priority, topic, state, attempts, \
-                 available_at) \
-            SELECT $1, m.id, m.stream_offset, m.priority, m.topic, 0, 0, m.deliver_at \
-            FROM g, h, mq_messages m \
-            WHERE m.stream_id = $2 AND m.stream_offset > g.position \
-              AND m.stream_offset <= h.head \
          ), relaxed AS ( \
             SELECT set_config('synchronous_commit', 'off', true) \
+         ), u AS ( \
+            UPDATE mq_consumer_groups c \
+            SET materialized_from = c.materialized_offset, materialized_offset = h.head \
+            FROM h, relaxed WHERE c.id = $1 AND c.materialized_offset < h.head \
+            RETURNING c.materialized_from AS position, c.materialized_offset AS head \
          ) \
-         UPDATE mq_consumer_groups c SET materialized_offset = h.head \
-         FROM g, h, relaxed WHERE c.id = $1 AND c.materialized_offset < h.head";
+         INSERT INTO mq_deliveries \
+            (group_id, message_id, stream_offset, priority, topic, state, attempts, \
+             available_at) \
+         SELECT $1, m.id, m.stream_offset, m.priority, m.topic, 0, 0, m.deliver_at \
+         FROM u, mq_messages m \
+         WHERE m.stream_id = $2 AND m.stream_offset > u.position \
+           AND m.stream_offset <= u.head";
     conn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         sql,
