@@ -3,7 +3,7 @@
 //! Delivery rows are filled lazily: publishing writes only the log, and a claimer that finds
 //! its group behind the head of the stream first inserts the missing delivery rows and moves
 //! the group's position past them, atomically ("materializing": one statement on each
-//! database, see `postgres::catch_up` and `sqlite::catch_up`), so a publish stays one row per
+//! database, see `postgres::catch_up` and `sqlite::claim`), so a publish stays one row per
 //! message and priorities are exact among everything published before the claim.
 //!
 //! States of a delivery row: 0 ready, 1 leased, 2 dead letter. Acknowledged rows are deleted;
@@ -267,19 +267,16 @@ fn settle_failed_round(claimed: Vec<Claimed>, err: MqError) -> Result<Vec<Claime
     Ok(claimed)
 }
 
-/// Inserts the delivery rows of every message the group has not seen yet, up to the committed
-/// head of the stream, and returns whether it was behind. Cheap when the group is caught up
-/// (one indexed read). Each backend catches up in one statement (`postgres::catch_up`,
-/// `sqlite::catch_up`).
+/// PostgreSQL: inserts the delivery rows of every message the group has not seen yet, up to
+/// the committed head of the stream (`postgres::catch_up`, one statement), and returns whether
+/// it was behind. Cheap when the group is caught up (one indexed read). SQLite needs no such
+/// step: every SQLite claim statement is preceded by its catch-up (see `sqlite::claim`).
 async fn materialize<C: ConnectionTrait>(conn: &C, group_id: i64, stream_id: i64) -> Result<bool> {
     let (materialized, head) = group_position(conn, group_id).await?;
     if materialized >= head {
         return Ok(false);
     }
-    match conn.get_database_backend() {
-        DbBackend::Postgres => postgres::catch_up(conn, group_id, stream_id).await?,
-        _ => sqlite::catch_up(conn, group_id, stream_id).await?,
-    }
+    postgres::catch_up(conn, group_id, stream_id).await?;
     Ok(true)
 }
 

@@ -100,23 +100,7 @@ fn catch_up_sql() -> String {
     )
 }
 
-/// Catches the group up to the committed head of its stream (see [`catch_up_sql`]), in one
-/// autocommit statement.
-pub(crate) async fn catch_up<C: ConnectionTrait>(
-    conn: &C,
-    group_id: i64,
-    _stream_id: i64,
-) -> Result<(), MqError> {
-    conn.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Sqlite,
-        catch_up_sql(),
-        [group_id.into()],
-    ))
-    .await?;
-    Ok(())
-}
-
-/// Catches the group up (see [`catch_up`]), then leases up to `req.limit` ready rows of it
+/// Catches the group up (see [`catch_up_sql`]), then leases up to `req.limit` ready rows of it
 /// and returns them with their messages, in claim order: two autocommit statements sent in
 /// one call, which SQLite runs in order on the connection, so a claim costs one round trip
 /// to the driver's worker thread (on a small machine such a round trip, two thread
