@@ -245,8 +245,7 @@ impl Subscriber {
         };
         let span =
             tracing::debug_span!("claim", stream = %member.stream, consumer = %member.consumer_id);
-        let turn = member.gate.enter().await;
-        let claimed = delivery::claim(turn.conn(&member.db), &request)
+        let claimed = delivery::claim(&member.gate, &member.db, &request)
             .instrument(span)
             .await?;
         self.last_claim_full = claimed.len() >= usize::try_from(self.batch_size).unwrap_or(0);
@@ -294,8 +293,13 @@ impl Subscriber {
             .collect::<Result<_>>()?;
         let pairs: Vec<(i64, i64)> = leases.iter().map(|(id, l)| (*id, l.token)).collect();
         let acked = {
-            let turn = self.member.gate.enter().await;
-            delivery::ack(turn.conn(&self.member.db), self.member.group_id, &pairs).await?
+            delivery::ack(
+                &self.member.gate,
+                &self.member.db,
+                self.member.group_id,
+                &pairs,
+            )
+            .await?
         };
         {
             let mut held = self.member.leases();
@@ -471,10 +475,8 @@ impl Member {
         let span = tracing::debug_span!("ack", message = id);
         async {
             let lease = self.lease(id)?;
-            let acked = {
-                let turn = self.gate.enter().await;
-                delivery::ack(turn.conn(&self.db), self.group_id, &[(id, lease.token)]).await?
-            };
+            let acked =
+                { delivery::ack(&self.gate, &self.db, self.group_id, &[(id, lease.token)]).await? };
             self.leases().remove(&id);
             if acked.is_empty() {
                 return Err(MqError::LeaseLost(id));

@@ -14,12 +14,13 @@
 use entity::{consumer, consumer_group, delivery, message, stream};
 use sea_orm::sea_query::{Alias, Condition, Expr, ExprTrait, OnConflict, Query, UpdateStatement};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, TransactionTrait,
 };
 use serde_json::Value;
 
-use super::{begin_write, now_ms, postgres, sqlite};
+use super::combine::Piece;
+use super::{WriteGate, begin_write, now_ms, postgres, sqlite};
 use crate::error::{MqError, Result};
 
 /// Ready for delivery (once `available_at` has passed).
@@ -197,17 +198,19 @@ pub(crate) async fn touch_consumer<C: ConnectionTrait>(
 /// it catches up and claims the remaining places (without the check: the group was just
 /// caught up, and under continuous publishing the check could fail every time). A member that
 /// has been waiting for messages catches up first instead, as its group is probably behind.
-pub(crate) async fn claim<C>(conn: &C, req: &ClaimRequest<'_>) -> Result<Vec<Claimed>>
-where
-    C: ConnectionTrait,
-{
+pub(crate) async fn claim(
+    gate: &WriteGate,
+    db: &DatabaseConnection,
+    req: &ClaimRequest<'_>,
+) -> Result<Vec<Claimed>> {
     if req.reap {
-        reap_expired(conn, req.group_id, req.max_attempts).await?;
+        let turn = gate.enter().await;
+        reap_expired(turn.conn(db), req.group_id, req.max_attempts).await?;
     }
-    let postgres = conn.get_database_backend() == DbBackend::Postgres;
+    let postgres = db.get_database_backend() == DbBackend::Postgres;
     let mut caught_up_only = postgres;
     if postgres && req.catch_up_first {
-        materialize(conn, req.group_id, req.stream_id).await?;
+        materialize(db, req.group_id, req.stream_id).await?;
         caught_up_only = false;
     }
     let mut claimed = Vec::new();
@@ -216,9 +219,9 @@ where
     loop {
         let request = ClaimRequest { limit, ..*req };
         let round = if postgres {
-            postgres::claim(conn, &request, caught_up_only).await
+            postgres::claim(db, &request, caught_up_only).await
         } else {
-            sqlite::claim(conn, &request).await
+            sqlite::claim(gate, db, &request).await
         };
         let (leased, buried) = match round {
             Ok(round) => round,
@@ -238,7 +241,7 @@ where
             continue;
         }
         if caught_up_only {
-            match materialize(conn, req.group_id, req.stream_id).await {
+            match materialize(db, req.group_id, req.stream_id).await {
                 Ok(true) => {
                     caught_up_only = false;
                     continue;
@@ -344,32 +347,47 @@ async fn reap_expired<C: ConnectionTrait>(
 }
 
 /// Deletes (acknowledges) the given leases; returns the message ids whose lease was still
-/// held. Fenced: a row whose token changed (re-claimed by someone else) is left alone.
-pub(crate) async fn ack<C: ConnectionTrait>(
-    conn: &C,
+/// held. Fenced: a row whose token changed (re-claimed by someone else) is left alone. On
+/// SQLite, one piece for the writer (see `combine`), so the acks of several members can share
+/// a commit.
+pub(crate) async fn ack(
+    gate: &WriteGate,
+    db: &DatabaseConnection,
     group_id: i64,
     leases: &[(i64, i64)],
 ) -> Result<Vec<i64>> {
     if leases.is_empty() {
         return Ok(Vec::new());
     }
-    if conn.get_database_backend() == DbBackend::Postgres {
-        return postgres::ack(conn, group_id, leases).await;
+    let backend = db.get_database_backend();
+    if backend == DbBackend::Postgres {
+        return postgres::ack(db, group_id, leases).await;
     }
-    let mut acked = Vec::with_capacity(leases.len());
+    let tag = Piece::next_tag();
+    let mut sql = String::new();
+    let mut values = Vec::new();
     for chunk in leases.chunks(ID_CHUNK) {
         let delete = Query::delete()
             .from_table(delivery::Entity)
             .and_where(Expr::col(delivery::Column::GroupId).eq(group_id))
             .and_where(leased_by_key())
             .cond_where(held_leases(chunk))
-            .returning_col(delivery::Column::MessageId)
+            .returning(Query::returning().exprs([
+                Expr::col(delivery::Column::MessageId),
+                Expr::cust_with_values(format!("? AS {}", sqlite::TAG_COLUMN), [tag]),
+            ]))
             .to_owned();
-        for row in conn.query_all(&delete).await? {
-            acked.push(row.try_get_by_index::<i64>(0)?);
+        let statement = backend.build(&delete);
+        if !sql.is_empty() {
+            sql.push_str("; ");
         }
+        sql.push_str(&statement.sql);
+        values.extend(statement.values.map(|v| v.0).unwrap_or_default());
     }
-    Ok(acked)
+    let rows = gate.run(db, Piece { sql, values, tag }).await?;
+    rows.iter()
+        .map(|row| Ok(row.try_get_by_index::<i64>(0)?))
+        .collect()
 }
 
 /// `state = leased`, written so that no planner matches it to the partial leased index: the

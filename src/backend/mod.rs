@@ -4,6 +4,7 @@
 //! words live in the twin modules [`postgres`] and [`sqlite`], which have the same function
 //! names. Dispatch on the backend happens here, once per operation.
 
+mod combine;
 pub(crate) mod delivery;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
@@ -63,6 +64,17 @@ struct Gate {
     writer: Option<DatabaseConnection>,
     /// Turns taken so far: the checkpointer skips a checkpoint when nothing was written.
     taken: std::sync::atomic::AtomicU64,
+    /// Claims and acks waiting to be written together (see [`combine`]).
+    combiner: combine::Combiner,
+}
+
+impl Gate {
+    async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        let turn = self.turns.lock().await;
+        self.taken
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        turn
+    }
 }
 
 /// How often the checkpointer (see [`WriteGate::start_checkpoints`]) looks for new writes.
@@ -100,6 +112,7 @@ impl WriteGate {
                 turns: tokio::sync::Mutex::new(()),
                 writer,
                 taken: std::sync::atomic::AtomicU64::new(0),
+                combiner: combine::Combiner::default(),
             }))),
             DatabaseType::Postgres => WriteGate(None),
         }
@@ -109,9 +122,7 @@ impl WriteGate {
     pub(crate) async fn enter(&self) -> Turn<'_> {
         match &self.0 {
             Some(gate) => {
-                let turn = gate.turns.lock().await;
-                gate.taken
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let turn = gate.turn().await;
                 Turn {
                     _turn: Some(turn),
                     writer: gate.writer.as_ref(),

@@ -6,10 +6,11 @@
 //! transaction tries to upgrade. Readers run concurrently thanks to WAL.
 //! Same function names, in the same order, as `postgres.rs`.
 
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult, Statement};
 
-use super::NewMessage;
+use super::combine::Piece;
 use super::delivery::{ClaimRequest, Claimed, sort_claimed};
+use super::{NewMessage, WriteGate};
 use crate::error::MqError;
 
 /// Epoch milliseconds by the application host's clock. `'now'` is fixed for one statement.
@@ -84,7 +85,8 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
 
 /// Moves the group's position to the head of its stream; the trigger
 /// `mq_consumer_groups_materialize` (see the migration that creates it) inserts the delivery
-/// rows of the messages it moves over, within the same statement. `?1` is the group.
+/// rows of the messages it moves over, within the same statement. Its one parameter is the
+/// group.
 ///
 /// Concurrency: one statement, under SQLite's single write lock, reads the head and the
 /// position, inserts the range between them and moves the position, so no other materializer
@@ -95,16 +97,17 @@ fn catch_up_sql() -> String {
     format!(
         "UPDATE mq_consumer_groups AS g \
          SET materialized_offset = (SELECT {HEAD} FROM mq_streams WHERE mq_streams.id = g.stream_id) \
-         WHERE g.id = ?1 AND g.materialized_offset < \
+         WHERE g.id = ? AND g.materialized_offset < \
             (SELECT {HEAD} FROM mq_streams WHERE mq_streams.id = g.stream_id)"
     )
 }
 
 /// Catches the group up (see [`catch_up_sql`]), then leases up to `req.limit` ready rows of it
-/// and returns them with their messages, in claim order: two autocommit statements sent in
-/// one call, which SQLite runs in order on the connection, so a claim costs one round trip
-/// to the driver's worker thread (on a small machine such a round trip, two thread
-/// wake-ups, costs more than either statement). Catching up right before the pick keeps
+/// and returns them with their messages, in claim order. The two statements go to the writer
+/// as one piece (see `combine`), which SQLite runs in order on the connection, so a claim
+/// costs one round trip to the driver's worker thread (on a small machine such a round trip,
+/// two thread wake-ups, costs more than either statement), or a share of one when other
+/// members' claims and acks are combined with it. Catching up right before the pick keeps
 /// priorities exact among everything committed before the claim. A picked row that has
 /// already used `max_attempts` becomes a dead letter instead (see `postgres::claim`); the
 /// second value counts those.
@@ -115,46 +118,50 @@ fn catch_up_sql() -> String {
 /// tokens and reads their messages (correlated subqueries by primary key). A publish that
 /// commits between the two statements is left for the next claim, as one that commits just
 /// after the claim would be.
-pub(crate) async fn claim<C: ConnectionTrait>(
-    conn: &C,
+pub(crate) async fn claim(
+    gate: &WriteGate,
+    pool: &DatabaseConnection,
     req: &ClaimRequest<'_>,
 ) -> Result<(Vec<Claimed>, usize), MqError> {
+    let tag = Piece::next_tag();
+    // In the order the parameters appear in the text.
     let mut values: Vec<sea_orm::Value> = vec![
         req.group_id.into(),
-        req.from_offset.into(),
-        i64::from(req.limit).into(),
-        req.visibility_ms.into(),
-        req.consumer_id.into(),
         req.max_attempts.into(),
+        req.max_attempts.into(),
+        req.max_attempts.into(),
+        req.visibility_ms.into(),
+        req.max_attempts.into(),
+        req.consumer_id.into(),
+        req.group_id.into(),
+        req.group_id.into(),
+        req.from_offset.into(),
     ];
     let filter = topic_filter(req.sql_patterns, &mut values);
+    values.push(i64::from(req.limit).into());
+    values.push(tag.into());
     let catch_up = catch_up_sql();
     let sql = format!(
         "{catch_up}; \
          UPDATE mq_deliveries \
-         SET state = CASE WHEN attempts >= ?6 THEN 2 ELSE 1 END, \
-             attempts = CASE WHEN attempts >= ?6 THEN attempts ELSE attempts + 1 END, \
+         SET state = CASE WHEN attempts >= ? THEN 2 ELSE 1 END, \
+             attempts = CASE WHEN attempts >= ? THEN attempts ELSE attempts + 1 END, \
              lease_token = COALESCE(lease_token, 0) + 1, \
-             lease_expires_at = CASE WHEN attempts >= ?6 THEN NULL ELSE {NOW_MS} + ?4 END, \
-             consumer_id = CASE WHEN attempts >= ?6 THEN NULL ELSE ?5 END \
-         WHERE group_id = ?1 AND state = 0 AND message_id IN ( \
+             lease_expires_at = CASE WHEN attempts >= ? THEN NULL ELSE {NOW_MS} + ? END, \
+             consumer_id = CASE WHEN attempts >= ? THEN NULL ELSE ? END \
+         WHERE group_id = ? AND state = 0 AND message_id IN ( \
             SELECT message_id FROM mq_deliveries \
-            WHERE group_id = ?1 AND state = 0 AND available_at <= {NOW_MS} \
-              AND stream_offset >= ?2{filter} \
+            WHERE group_id = ? AND state = 0 AND available_at <= {NOW_MS} \
+              AND stream_offset >= ?{filter} \
             ORDER BY priority DESC, stream_offset \
-            LIMIT ?3) \
+            LIMIT ?) \
          RETURNING message_id, state, attempts, lease_token, stream_offset, priority, topic, \
             (SELECT m.payload FROM mq_messages m WHERE m.id = mq_deliveries.message_id), \
             (SELECT m.created_at FROM mq_messages m WHERE m.id = mq_deliveries.message_id), \
-            (SELECT m.deliver_at FROM mq_messages m WHERE m.id = mq_deliveries.message_id)"
+            (SELECT m.deliver_at FROM mq_messages m WHERE m.id = mq_deliveries.message_id), \
+            ? AS {TAG_COLUMN}"
     );
-    let rows = conn
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Sqlite,
-            sql,
-            values,
-        ))
-        .await?;
+    let rows = gate.run(pool, Piece { sql, values, tag }).await?;
     let mut claimed = Vec::with_capacity(rows.len());
     let mut buried = 0;
     for row in &rows {
@@ -184,7 +191,7 @@ pub(crate) async fn claim<C: ConnectionTrait>(
     Ok((claimed, buried))
 }
 
-/// ` AND (topic GLOB ?7 OR ...)` for the patterns, binding them after `values`; empty when
+/// ` AND (topic GLOB ? OR ...)` for the patterns, binding them after `values`; empty when
 /// every topic is wanted.
 fn topic_filter(patterns: Option<&[String]>, values: &mut Vec<sea_orm::Value>) -> String {
     let Some(patterns) = patterns else {
@@ -196,10 +203,76 @@ fn topic_filter(patterns: Option<&[String]>, values: &mut Vec<sea_orm::Value>) -
             filter.push_str(" OR ");
         }
         values.push(pattern.as_str().into());
-        filter.push_str(&format!("topic GLOB ?{}", values.len()));
+        filter.push_str("topic GLOB ?");
     }
     filter.push(')');
     filter
+}
+
+/// The column, last in the `RETURNING` of every statement of a [`Piece`], that holds the
+/// piece's tag.
+pub(crate) const TAG_COLUMN: &str = "mq_piece";
+
+/// Runs a piece's statements on their own, each committing by itself, as outside a
+/// combined script.
+pub(crate) async fn run_piece<C: ConnectionTrait>(
+    conn: &C,
+    piece: Piece,
+) -> Result<Vec<QueryResult>, DbErr> {
+    conn.query_all_raw(Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        piece.sql,
+        piece.values,
+    ))
+    .await
+}
+
+/// Runs the pieces in order as one transaction, sent as one script
+/// (`BEGIN IMMEDIATE; ...; COMMIT`, one call), and returns every row with its piece's tag. If
+/// the script fails, its transaction is rolled back: none of it remains.
+///
+/// Concurrency: `BEGIN IMMEDIATE` takes SQLite's write lock for the whole script, and the
+/// pieces run one after another, each seeing the writes of those before it, exactly as
+/// consecutive transactions would; they only share the commit. Must run on a connection that
+/// only one task uses at a time (the gate's writer, in its turn): the transaction spans the
+/// script and, after a failure, the `ROLLBACK`.
+pub(crate) async fn run_combined(
+    conn: &DatabaseConnection,
+    pieces: &[&Piece],
+) -> Result<Vec<(i64, QueryResult)>, DbErr> {
+    let mut sql = String::from("BEGIN IMMEDIATE; ");
+    let mut values = Vec::with_capacity(pieces.iter().map(|p| p.values.len()).sum());
+    for piece in pieces {
+        sql.push_str(&piece.sql);
+        sql.push_str("; ");
+        values.extend(piece.values.iter().cloned());
+    }
+    sql.push_str("COMMIT");
+    let rows = match conn
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            sql,
+            values,
+        ))
+        .await
+    {
+        Ok(rows) => rows,
+        Err(err) => {
+            // The driver stops at the failing statement, leaving the transaction open (unless
+            // it was `BEGIN` that failed; then this fails too, harmlessly).
+            let _ = conn.execute_unprepared("ROLLBACK").await;
+            return Err(err);
+        }
+    };
+    // Committed: a row without a tag (none has one missing) could not be handed to anyone,
+    // and running anything again now would run it twice, so such a row is dropped.
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let tag = row.try_get::<i64>("", TAG_COLUMN).ok()?;
+            Some((tag, row))
+        })
+        .collect())
 }
 
 /// Appends one message in a single statement: the offset is the stream's head plus one, read

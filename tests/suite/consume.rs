@@ -82,6 +82,62 @@ async fn members_of_one_group_share_the_messages_each_to_exactly_one() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_members_of_two_groups_each_get_exactly_their_own_messages() {
+    // On SQLite, the claims and acks of concurrent members of one queue are written together,
+    // several to one commit; every member must still get back exactly the rows of its own
+    // claim. Two groups of four members, with batch sizes from 1 to 4, all polling and acking
+    // at once: each group receives every message exactly once, and every ack succeeds.
+    let (queue, _db) = common::queue("combined_members").await;
+    let ids = publish_n(&queue, "jobs", 600).await;
+    let mut tasks = Vec::new();
+    for group in ["billing", "audit"] {
+        for member in 0..4u32 {
+            let queue = queue.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut sub = queue
+                    .subscribe_with_options(
+                        SubscribeOptions::new("jobs")
+                            .group(group)
+                            .consumer_id(format!("{group}-{member}"))
+                            .batch_size(member + 1)
+                            .poll_timeout(Duration::from_millis(300)),
+                    )
+                    .await
+                    .unwrap();
+                let mut got = Vec::new();
+                loop {
+                    let batch = sub.poll().await.unwrap();
+                    if batch.is_empty() {
+                        return (group, got);
+                    }
+                    let batch_ids: Vec<i64> = batch.iter().map(|m| m.id).collect();
+                    if member % 2 == 0 {
+                        sub.ack_batch(&batch_ids).await.unwrap();
+                    } else {
+                        for id in &batch_ids {
+                            sub.ack(*id).await.unwrap();
+                        }
+                    }
+                    got.extend(batch_ids);
+                }
+            }));
+        }
+    }
+    let mut received: std::collections::HashMap<&str, Vec<i64>> = Default::default();
+    for task in tasks {
+        let (group, got) = task.await.unwrap();
+        received.entry(group).or_default().extend(got);
+    }
+    let expected: BTreeSet<i64> = ids.into_iter().collect();
+    for (group, mut got) in received {
+        got.sort_unstable();
+        let unique: BTreeSet<i64> = got.iter().copied().collect();
+        assert_eq!(unique.len(), got.len(), "group {group} got a message twice");
+        assert_eq!(unique, expected, "group {group} did not get every message");
+    }
+}
+
 #[tokio::test]
 async fn every_group_receives_every_message() {
     let (queue, _db) = common::queue("fan_out").await;
