@@ -403,17 +403,25 @@ fn leased_by_key() -> Expr {
 /// The rows still held under these exact leases: `(message_id, lease_token) IN (...)`. The
 /// plain `message_id IN (...)` beside it is what lets both databases find the rows through the
 /// primary key; neither uses an index for a list of row values on its own, and a scan of the
-/// group's rows per ack made acknowledging quadratic in the backlog.
+/// group's rows per ack made acknowledging quadratic in the backlog. When every lease has the
+/// same token (a batch on its first delivery, the common case), the token is compared as a
+/// scalar instead: SQLite builds a temporary table for a list of row values on every run,
+/// which made a batch ack of 100 about half again as expensive (`sqlite3` shell, 300 acks of
+/// 100: 168 against 110 ms).
 fn held_leases(leases: &[(i64, i64)]) -> Condition {
-    Condition::all()
-        .add(Expr::col(delivery::Column::MessageId).is_in(leases.iter().map(|l| l.0)))
-        .add(
+    let ids = Expr::col(delivery::Column::MessageId).is_in(leases.iter().map(|l| l.0));
+    match leases.split_first() {
+        Some((&(_, token), rest)) if rest.iter().all(|l| l.1 == token) => Condition::all()
+            .add(ids)
+            .add(Expr::col(delivery::Column::LeaseToken).eq(token)),
+        _ => Condition::all().add(ids).add(
             Expr::tuple([
                 Expr::col(delivery::Column::MessageId),
                 Expr::col(delivery::Column::LeaseToken),
             ])
             .in_tuples(leases.iter().copied()),
-        )
+        ),
+    }
 }
 
 /// `held_leases` in the dialect's form: PostgreSQL's keeps every plan on the primary key

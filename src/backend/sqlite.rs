@@ -115,7 +115,12 @@ fn catch_up_sql() -> String {
 /// Concurrency: each statement runs under SQLite's write lock, so no other writer can
 /// interleave with either; the subquery's `LIMIT` is therefore exact (there is no SKIP LOCKED
 /// to misbehave), and one `UPDATE ... RETURNING` leases the rows, increments their lease
-/// tokens and reads their messages (correlated subqueries by primary key). A publish that
+/// tokens and reads their messages (correlated subqueries by primary key). The picked rows
+/// travel from the subquery to the `UPDATE` by rowid, which the ready index holds, so the
+/// `UPDATE` finds each with one seek rather than two (primary key, then row; `sqlite3` shell,
+/// 300 claims of 100: 7 % less time). The outer `WHERE` has nothing else an index could
+/// serve (`+state` is not indexable): given `group_id = ?` there, SQLite walked the group's
+/// ready index and tested every row against the list. A publish that
 /// commits between the two statements is left for the next claim, as one that commits just
 /// after the claim would be.
 pub(crate) async fn claim(
@@ -134,7 +139,6 @@ pub(crate) async fn claim(
         req.max_attempts.into(),
         req.consumer_id.into(),
         req.group_id.into(),
-        req.group_id.into(),
         req.from_offset.into(),
     ];
     let filter = topic_filter(req.sql_patterns, &mut values);
@@ -149,12 +153,13 @@ pub(crate) async fn claim(
              lease_token = COALESCE(lease_token, 0) + 1, \
              lease_expires_at = CASE WHEN attempts >= ? THEN NULL ELSE {NOW_MS} + ? END, \
              consumer_id = CASE WHEN attempts >= ? THEN NULL ELSE ? END \
-         WHERE group_id = ? AND state = 0 AND message_id IN ( \
-            SELECT message_id FROM mq_deliveries \
+         WHERE rowid IN ( \
+            SELECT rowid FROM mq_deliveries \
             WHERE group_id = ? AND state = 0 AND available_at <= {NOW_MS} \
               AND stream_offset >= ?{filter} \
             ORDER BY priority DESC, stream_offset \
             LIMIT ?) \
+           AND +state = 0 \
          RETURNING message_id, state, attempts, lease_token, stream_offset, priority, topic, \
             (SELECT m.payload FROM mq_messages m WHERE m.id = mq_deliveries.message_id), \
             (SELECT m.created_at FROM mq_messages m WHERE m.id = mq_deliveries.message_id), \
