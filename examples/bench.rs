@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--db sqlite|postgres|both] [--url URL] [--quick]
-//!                                        [--rounds N] [--only SCENARIO] [--soak SECONDS]
+//!                                        [--rounds N] [--only SCENARIO[,SCENARIO...]] [--soak SECONDS]
 //! ```
 //!
 //! Every scenario runs once through the library and once as plain SQL through
@@ -401,7 +401,12 @@ async fn run_all(env: &Env, args: &Args) -> BoxResult<Vec<Measured>> {
         args.rounds,
         if args.quick { ", quick" } else { "" }
     );
-    let wants = |name: &str| args.only.as_deref().is_none_or(|only| name.contains(only));
+    // `--only` takes names or parts of names, separated by commas.
+    let wants = |name: &str| {
+        args.only
+            .as_deref()
+            .is_none_or(|only| only.split(',').any(|part| name.contains(part)))
+    };
     let mut all = Vec::new();
     if wants("publish_batch_1000") {
         all.push(publish_batch(env, args).await?);
