@@ -890,11 +890,13 @@ async fn latency(env: &Env, args: &Args) -> BoxResult<Vec<Measured>> {
             if lib <= 2.0 { "met" } else { "MISSED" }
         );
     } else {
-        let ratio = p50.ratio();
-        p50.note = format!(
-            "target ratio >= 0.333: {}",
-            if ratio >= 1.0 / 3.0 { "met" } else { "MISSED" }
-        );
+        for m in [&mut p50, &mut p99] {
+            let ratio = m.ratio();
+            m.note = format!(
+                "target ratio >= 0.333: {}",
+                if ratio >= 1.0 / 3.0 { "met" } else { "MISSED" }
+            );
+        }
     }
     Ok(vec![p50, p99])
 }
@@ -1233,7 +1235,10 @@ fn target(db: Kind, scenario: &str) -> &'static str {
         (_, "publish_single_8tasks") => ">= 1.00",
         (_, "e2e_batch100_4subs") => ">= 0.70",
         (_, "e2e_batch1_4subs") => ">= 0.80",
-        (Kind::Postgres, "latency_publish_to_receive_p50") => ">= 0.333",
+        // "Within 3x of a bare INSERT + NOTIFY", read as holding for both percentiles.
+        (Kind::Postgres, "latency_publish_to_receive_p50" | "latency_publish_to_receive_p99") => {
+            ">= 0.333"
+        }
         (Kind::Sqlite, "latency_publish_to_receive_p50") => "p50 <= 2 ms",
         (_, "claim_cost_1m_vs_1k_backlog") => ">= 0.667",
         (_, "payload_1mib") => ">= 0.60",
