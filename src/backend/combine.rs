@@ -211,14 +211,41 @@ async fn write_combined(writer: &DatabaseConnection, batch: Vec<(Piece, Reply)>)
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
     use std::time::Duration;
 
-    use sea_orm::{ConnectionTrait, QueryResult};
+    use sea_orm::{ConnectionTrait, DatabaseConnection, QueryResult};
 
     use super::{Piece, WriteGate};
     use crate::backend::{connect, connect_writer, sqlite};
     use crate::options::QueueOptions;
     use crate::queue::DatabaseType;
+
+    /// A fresh SQLite file with a table `t (v)`, its pool, and a gate with its own writer.
+    async fn scratch() -> (PathBuf, DatabaseConnection, WriteGate) {
+        let path = std::env::temp_dir().join(format!(
+            "dabgent_mq_combine_{}_{}.db",
+            std::process::id(),
+            Piece::next_tag()
+        ));
+        let url = format!("sqlite://{}", path.display());
+        let options = QueueOptions::new();
+        let pool = connect(DatabaseType::Sqlite, &url, &options).await.unwrap();
+        let writer = connect_writer(DatabaseType::Sqlite, &url, &options)
+            .await
+            .unwrap();
+        pool.execute_unprepared("CREATE TABLE t (v INTEGER NOT NULL)")
+            .await
+            .unwrap();
+        let gate = WriteGate::new(DatabaseType::Sqlite, writer);
+        (path, pool, gate)
+    }
+
+    fn remove(path: &Path) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
 
     fn insert(value: Option<i64>) -> Piece {
         let tag = Piece::next_tag();
@@ -240,21 +267,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_piece_fails_alone_and_every_other_piece_is_written_once() {
-        let path = std::env::temp_dir().join(format!(
-            "dabgent_mq_combine_{}_{}.db",
-            std::process::id(),
-            Piece::next_tag()
-        ));
-        let url = format!("sqlite://{}", path.display());
-        let options = QueueOptions::new();
-        let pool = connect(DatabaseType::Sqlite, &url, &options).await.unwrap();
-        let writer = connect_writer(DatabaseType::Sqlite, &url, &options)
-            .await
-            .unwrap();
-        pool.execute_unprepared("CREATE TABLE t (v INTEGER NOT NULL)")
-            .await
-            .unwrap();
-        let gate = WriteGate::new(DatabaseType::Sqlite, writer);
+        let (path, pool, gate) = scratch().await;
 
         // While a turn is held, the first piece waits inline and the rest queue; they are then
         // written as one script, in which the piece inserting NULL fails.
@@ -296,28 +309,12 @@ mod tests {
             "each piece written exactly once"
         );
         drop((pool, gate));
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
+        remove(&path);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn combined_pieces_each_get_their_own_rows() {
-        let path = std::env::temp_dir().join(format!(
-            "dabgent_mq_combine_{}_{}.db",
-            std::process::id(),
-            Piece::next_tag()
-        ));
-        let url = format!("sqlite://{}", path.display());
-        let options = QueueOptions::new();
-        let pool = connect(DatabaseType::Sqlite, &url, &options).await.unwrap();
-        let writer = connect_writer(DatabaseType::Sqlite, &url, &options)
-            .await
-            .unwrap();
-        pool.execute_unprepared("CREATE TABLE t (v INTEGER NOT NULL)")
-            .await
-            .unwrap();
-        let gate = WriteGate::new(DatabaseType::Sqlite, writer);
+        let (path, pool, gate) = scratch().await;
         let mut tasks = Vec::new();
         for value in 0..200 {
             let (gate, pool) = (gate.clone(), pool.clone());
@@ -330,8 +327,6 @@ mod tests {
             assert_eq!(values(&rows.unwrap()), [value]);
         }
         drop((pool, gate));
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
+        remove(&path);
     }
 }
