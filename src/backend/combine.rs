@@ -4,7 +4,7 @@
 //! [`WriteGate`]). Each write costs a round trip to the driver's worker thread and a commit,
 //! and on a small machine the round trip alone costs more than claiming or acknowledging one
 //! message. So the claims and acks that arrive while another write is in flight are queued,
-//! and one task sends everything queued as one script (`sqlite::combined`): a single call and
+//! and one task sends everything queued as one script (`sqlite::run_combined`): a single call and
 //! a single commit for all of them. Each piece of the script tags its `RETURNING` rows with a
 //! number of its own, so every caller gets back exactly its own rows.
 //!
@@ -89,6 +89,8 @@ impl WriteGate {
     ) -> Result<Vec<QueryResult>, DbErr> {
         match &self.0 {
             Some(gate) if gate.writer.is_some() => submit(gate, piece).await,
+            // No connection of its own (PostgreSQL, an in-memory database, or the caller's
+            // pool): a script's transaction could not be trusted to stay on one connection.
             _ => {
                 let turn = self.enter().await;
                 sqlite::run_piece(turn.conn(pool), piece).await
@@ -101,13 +103,12 @@ async fn submit(gate: &Arc<Gate>, piece: Piece) -> Result<Vec<QueryResult>, DbEr
     let inline = !std::mem::replace(&mut gate.combiner.state().writing, true);
     if inline {
         let handover = Handover(gate);
-        let result = match &gate.writer {
-            Some(writer) => {
-                let _turn = gate.turn().await;
-                sqlite::run_piece(writer, piece).await
-            }
-            None => Err(no_writer()),
-        };
+        let result = async {
+            let writer = gate.writer.as_ref().ok_or_else(no_writer)?;
+            let _turn = gate.turn().await;
+            sqlite::run_piece(writer, piece).await
+        }
+        .await;
         drop(handover);
         return result;
     }
@@ -199,9 +200,10 @@ async fn write_combined(writer: &DatabaseConnection, batch: Vec<(Piece, Reply)>)
                 let _ = reply.send(Ok(rows));
             }
         }
-        Err(_) => {
+        Err(err) => {
             // Rolled back: nothing of the script was written. Each piece on its own, so that
-            // every caller gets its own result.
+            // every caller gets its own result (and its own error, if it was the cause).
+            tracing::debug!(error = %err, pieces = batch.len(), "dabgent_mq: a combined write failed; writing its pieces one by one");
             for (piece, reply) in batch {
                 let _ = reply.send(sqlite::run_piece(writer, piece).await);
             }
