@@ -15,6 +15,7 @@ mod m20260103_000001_postgres_table_storage;
 mod m20260104_000001_sqlite_head_from_log;
 mod m20260105_000001_sqlite_catch_up_trigger;
 mod m20260106_000001_postgres_catch_up_range;
+mod m20260107_000001_postgres_lz4_payloads;
 
 /// Runs `sql` on SQLite only: the SQLite-specific migrations have nothing to do on PostgreSQL.
 async fn on_sqlite(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20260104_000001_sqlite_head_from_log::Migration),
             Box::new(m20260105_000001_sqlite_catch_up_trigger::Migration),
             Box::new(m20260106_000001_postgres_catch_up_range::Migration),
+            Box::new(m20260107_000001_postgres_lz4_payloads::Migration),
         ]
     }
 

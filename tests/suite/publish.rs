@@ -258,6 +258,38 @@ async fn payload_of_exactly_the_limit_is_accepted_and_one_byte_more_is_rejected(
     assert_eq!(common::snapshot(&queue).await, before);
 }
 
+/// On PostgreSQL, large payloads are compressed with LZ4 where the server has it (a server
+/// built without LZ4 rejects it as a value of `default_toast_compression`), and with the
+/// default method otherwise; either way they come back intact.
+#[tokio::test]
+async fn large_payloads_are_stored_with_lz4_on_postgres_servers_that_have_it() {
+    if !common::is_postgres() {
+        return;
+    }
+    let (queue, _db) = common::queue("payload_lz4").await;
+    queue.create_stream("blobs").await.unwrap();
+    let big = json!({"blob": "x".repeat(100_000)});
+    let id = queue.publish("blobs", "blob", big.clone()).await.unwrap();
+    let conn = queue.connection();
+    let has_lz4 = conn
+        .execute_unprepared("SET default_toast_compression = 'lz4'")
+        .await
+        .is_ok();
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            conn.get_database_backend(),
+            "SELECT pg_column_compression(payload) AS method FROM mq_messages WHERE id = $1",
+            [id.into()],
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let method: String = row.try_get("", "method").unwrap();
+    assert_eq!(method, if has_lz4 { "lz4" } else { "pglz" });
+    let stored = replay_all(&queue, "blobs").await.pop().unwrap();
+    assert_eq!(stored.payload, big);
+}
+
 #[tokio::test]
 async fn payload_limit_is_configurable() {
     let (queue, _db) = common::queue_with(
