@@ -220,10 +220,7 @@ impl Subscriber {
     }
 
     async fn claim_once(&mut self) -> Result<Vec<Message>> {
-        if self.last_touch.elapsed() >= TOUCH_INTERVAL {
-            self.member.touch().await?;
-            self.last_touch = Instant::now();
-        }
+        let touch_due = self.last_touch.elapsed() >= TOUCH_INTERVAL;
         let reap = self
             .last_reap
             .is_none_or(|at| at.elapsed() >= REAP_INTERVAL);
@@ -245,9 +242,18 @@ impl Subscriber {
         };
         let span =
             tracing::debug_span!("claim", stream = %member.stream, consumer = %member.consumer_id);
-        let claimed = delivery::claim(&member.gate, &member.db, &request)
-            .instrument(span)
-            .await?;
+        let claim = delivery::claim(&member.gate, &member.db, &request).instrument(span);
+        // The heartbeat runs beside the claim, not before it: its commit waits for the disk,
+        // and a woken member should not wait for that before it claims. On SQLite the two
+        // still take turns at the single writer.
+        let claimed = if touch_due {
+            let (touched, claimed) = tokio::join!(member.touch(), claim);
+            touched?;
+            self.last_touch = Instant::now();
+            claimed?
+        } else {
+            claim.await?
+        };
         self.last_claim_full = claimed.len() >= usize::try_from(self.batch_size).unwrap_or(0);
         let mut leases = member.leases();
         Ok(claimed
