@@ -84,6 +84,13 @@ const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 /// starts over (see [`WriteGate::start_checkpoints`]).
 const WAL_RESTART_PAGES: i64 = 4000;
 
+/// Rows the writer's worker thread may hand over before the task reading them catches up
+/// (the driver's default is 50). A combined script returns the rows of several claims at
+/// once; with room for only 50, the worker thread stopped every 50 rows until the reading task
+/// had woken and drained them. The writer's results are read whole by their callers anyway,
+/// so a deeper buffer holds nothing they would not hold.
+const WRITER_ROW_BUFFER: usize = 1024;
+
 /// The writer's own automatic checkpoint: only a backstop for the checkpointer task.
 const WRITER_AUTOCHECKPOINT_PAGES: &str = "20000";
 
@@ -288,6 +295,7 @@ async fn open(
                         .synchronous(SqliteSynchronous::Normal);
                     if writer {
                         sqlite
+                            .row_buffer_size(WRITER_ROW_BUFFER)
                             .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
                             .pragma("journal_size_limit", WAL_SIZE_LIMIT_BYTES)
                     } else {
