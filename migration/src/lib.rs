@@ -16,6 +16,7 @@ mod m20260104_000001_sqlite_head_from_log;
 mod m20260105_000001_sqlite_catch_up_trigger;
 mod m20260106_000001_postgres_catch_up_range;
 mod m20260107_000001_postgres_lz4_payloads;
+mod m20260108_000001_sqlite_message_times_in_deliveries;
 
 /// Runs `sql` on SQLite only: the SQLite-specific migrations have nothing to do on PostgreSQL.
 async fn on_sqlite(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
@@ -47,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20260105_000001_sqlite_catch_up_trigger::Migration),
             Box::new(m20260106_000001_postgres_catch_up_range::Migration),
             Box::new(m20260107_000001_postgres_lz4_payloads::Migration),
+            Box::new(m20260108_000001_sqlite_message_times_in_deliveries::Migration),
         ]
     }
 

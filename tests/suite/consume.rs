@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use dabgent_mq::sea_orm::ConnectionTrait;
 use dabgent_mq::{Message, MessageQueue, MqError, SubscribeOptions, Subscriber};
 use futures::StreamExt;
 use serde_json::json;
@@ -177,6 +178,55 @@ async fn a_plain_subscribe_receives_messages_published_before_it() {
     assert_eq!((messages[0].id, messages[0].attempt), (id, 1));
     assert_eq!(messages[0].stream, "orders");
     subscriber.ack(id).await.unwrap();
+}
+
+/// A delivered message carries the times stored with it in the log. On SQLite the catch-up
+/// copies them into the delivery rows; rows materialized without the copies (before the
+/// migration that added them) must still deliver the right times.
+#[tokio::test]
+async fn delivered_messages_carry_the_times_of_the_log_even_for_rows_without_copies() {
+    let (queue, _db) = common::queue("delivery_times").await;
+    queue.create_stream("s").await.unwrap();
+    queue
+        .publish_batch(vec![
+            Message::new("s", "t", json!(1)),
+            Message::new("s", "t", json!(2)).with_delay(Duration::from_millis(1)),
+            Message::new("s", "t", json!(3)),
+        ])
+        .await
+        .unwrap();
+    let logged: Vec<Message> = queue
+        .stream("s")
+        .build()
+        .map(|m| m.unwrap())
+        .collect()
+        .await;
+    let mut sub = queue
+        .subscribe_with_options(now("s").batch_size(1))
+        .await
+        .unwrap();
+    let mut got = sub.poll().await.unwrap();
+    if !common::is_postgres() {
+        queue
+            .connection()
+            .execute_unprepared(
+                "UPDATE mq_deliveries SET message_created_at = NULL, message_deliver_at = NULL",
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for _ in 0..2 {
+        got.extend(sub.poll().await.unwrap());
+    }
+    got.sort_by_key(|m| m.offset);
+    let times = |ms: &[Message]| {
+        ms.iter()
+            .map(|m| (m.id, m.created_at, m.deliver_at))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(times(&got), times(&logged));
+    assert!(logged[1].deliver_at > logged[1].created_at);
 }
 
 #[tokio::test]
