@@ -11,6 +11,7 @@ mod group;
 mod message;
 mod notify;
 mod options;
+mod payload;
 mod publisher;
 mod queue;
 mod replay;
