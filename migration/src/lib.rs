@@ -20,7 +20,26 @@ mod m20260108_000001_sqlite_message_times_in_deliveries;
 
 /// Runs `sql` on SQLite only: the SQLite-specific migrations have nothing to do on PostgreSQL.
 async fn on_sqlite(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
-    if manager.get_database_backend() != sea_orm_migration::sea_orm::DbBackend::Sqlite {
+    on_backend(manager, sea_orm_migration::sea_orm::DbBackend::Sqlite, sql).await
+}
+
+/// Runs `sql` on PostgreSQL only: the PostgreSQL-specific migrations have nothing to do on
+/// SQLite.
+async fn on_postgres(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+    on_backend(
+        manager,
+        sea_orm_migration::sea_orm::DbBackend::Postgres,
+        sql,
+    )
+    .await
+}
+
+async fn on_backend(
+    manager: &SchemaManager<'_>,
+    backend: sea_orm_migration::sea_orm::DbBackend,
+    sql: &str,
+) -> Result<(), DbErr> {
+    if manager.get_database_backend() != backend {
         return Ok(());
     }
     manager

@@ -17,7 +17,8 @@
 
 use sea_orm_migration::prelude::*;
 
-const CREATE_TRIGGER: &str = "CREATE TRIGGER mq_consumer_groups_materialize \
+/// Also what `m20260108_000001_sqlite_message_times_in_deliveries` restores when it is undone.
+pub(crate) const CREATE_TRIGGER: &str = "CREATE TRIGGER mq_consumer_groups_materialize \
      AFTER UPDATE OF materialized_offset ON mq_consumer_groups \
      WHEN NEW.materialized_offset > OLD.materialized_offset \
      BEGIN \

@@ -8,7 +8,6 @@
 //! sees the old value, and gets no column.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
@@ -16,28 +15,20 @@ pub(crate) struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
         // A constant default: PostgreSQL adds the column without rewriting the table.
-        manager
-            .get_connection()
-            .execute_unprepared(
-                "ALTER TABLE mq_consumer_groups \
-                 ADD COLUMN materialized_from BIGINT NOT NULL DEFAULT 0",
-            )
-            .await
-            .map(drop)
+        super::on_postgres(
+            manager,
+            "ALTER TABLE mq_consumer_groups \
+             ADD COLUMN materialized_from BIGINT NOT NULL DEFAULT 0",
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared("ALTER TABLE mq_consumer_groups DROP COLUMN materialized_from")
-            .await
-            .map(drop)
+        super::on_postgres(
+            manager,
+            "ALTER TABLE mq_consumer_groups DROP COLUMN materialized_from",
+        )
+        .await
     }
 }

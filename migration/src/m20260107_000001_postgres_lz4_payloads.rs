@@ -12,7 +12,6 @@
 //! setting applies to values written from now on; existing rows keep their compression.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
@@ -33,24 +32,10 @@ fn set_compression(method: &str) -> String {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared(&set_compression("lz4"))
-            .await
-            .map(drop)
+        super::on_postgres(manager, &set_compression("lz4")).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared(&set_compression("default"))
-            .await
-            .map(drop)
+        super::on_postgres(manager, &set_compression("default")).await
     }
 }

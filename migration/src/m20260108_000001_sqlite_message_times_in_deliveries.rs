@@ -12,24 +12,8 @@
 
 use sea_orm_migration::prelude::*;
 
-/// The trigger of `m20260105_000001_sqlite_catch_up_trigger`, which the down migration
-/// restores.
-const PREVIOUS_TRIGGER: &str = "CREATE TRIGGER mq_consumer_groups_materialize \
-     AFTER UPDATE OF materialized_offset ON mq_consumer_groups \
-     WHEN NEW.materialized_offset > OLD.materialized_offset \
-     BEGIN \
-         INSERT INTO mq_deliveries \
-             (group_id, message_id, stream_offset, priority, topic, state, attempts, \
-              available_at) \
-         SELECT NEW.id, m.id, m.stream_offset, m.priority, m.topic, 0, 0, m.deliver_at \
-         FROM mq_messages m \
-         WHERE m.stream_id = NEW.stream_id \
-           AND m.stream_offset > OLD.materialized_offset \
-           AND m.stream_offset <= NEW.materialized_offset \
-         ON CONFLICT (group_id, message_id) DO NOTHING; \
-     END";
-
-/// The same catch-up, copying the message's timestamps too.
+/// The catch-up trigger of `m20260105_000001_sqlite_catch_up_trigger`, copying the message's
+/// timestamps too.
 const TRIGGER: &str = "CREATE TRIGGER mq_consumer_groups_materialize \
      AFTER UPDATE OF materialized_offset ON mq_consumer_groups \
      WHEN NEW.materialized_offset > OLD.materialized_offset \
@@ -69,9 +53,10 @@ impl MigrationTrait for Migration {
             manager,
             &format!(
                 "DROP TRIGGER IF EXISTS mq_consumer_groups_materialize; \
-                 {PREVIOUS_TRIGGER}; \
+                 {}; \
                  ALTER TABLE mq_deliveries DROP COLUMN message_created_at; \
-                 ALTER TABLE mq_deliveries DROP COLUMN message_deliver_at"
+                 ALTER TABLE mq_deliveries DROP COLUMN message_deliver_at",
+                super::m20260105_000001_sqlite_catch_up_trigger::CREATE_TRIGGER
             ),
         )
         .await
