@@ -6,8 +6,6 @@
 //! this writer tests them 32 at a time and copies each run of bytes that need no escape
 //! whole. For a 1 MiB string the text takes 0.2 ms instead of 1.2-1.3 ms.
 
-use std::fmt::{self, Write as _};
-
 use serde_json::Value;
 
 use crate::error::{MqError, Result};
@@ -59,9 +57,13 @@ struct Text {
     max: usize,
 }
 
-impl fmt::Write for Text {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.put(s.as_bytes());
+impl std::io::Write for Text {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.put(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }
@@ -82,10 +84,10 @@ fn write_value(out: &mut Text, value: &Value, depth: usize) -> Result<(), Violat
         Value::Null => out.put(b"null"),
         Value::Bool(true) => out.put(b"true"),
         Value::Bool(false) => out.put(b"false"),
-        // `serde_json`'s own formatting of numbers, so that they read back the same.
+        // Numbers are written by `serde_json` itself, so that they are exactly what its
+        // serializer writes. Writing to `Text` cannot fail.
         Value::Number(n) => {
-            // Writing to `Text` cannot fail.
-            let _ = write!(out, "{n}");
+            let _ = serde_json::to_writer(&mut *out, n);
         }
         Value::String(s) => write_str(out, s)?,
         Value::Array(items) => {
@@ -142,42 +144,52 @@ fn write_str(out: &mut Text, s: &str) -> Result<(), Violation> {
     let mut run_start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        if let Some(block) = bytes.get(i..i + BLOCK)
-            && !block.iter().fold(false, |any, &b| any | needs_escape(b))
-        {
-            i += BLOCK;
-            continue;
-        }
-        let b = bytes[i];
-        if needs_escape(b) {
-            out.put(&bytes[run_start..i]);
-            match b {
-                0 => return Err(Violation::Nul),
-                b'"' => out.put(b"\\\""),
-                b'\\' => out.put(b"\\\\"),
-                0x08 => out.put(b"\\b"),
-                0x0C => out.put(b"\\f"),
-                b'\n' => out.put(b"\\n"),
-                b'\r' => out.put(b"\\r"),
-                b'\t' => out.put(b"\\t"),
-                _ => {
-                    const HEX: &[u8; 16] = b"0123456789abcdef";
-                    out.put(&[
-                        b'\\',
-                        b'u',
-                        b'0',
-                        b'0',
-                        HEX[usize::from(b >> 4)],
-                        HEX[usize::from(b & 0xF)],
-                    ]);
-                }
+        let block_end = match bytes.get(i..i + BLOCK) {
+            Some(block) if !block.iter().fold(false, |any, &b| any | needs_escape(b)) => {
+                i += BLOCK;
+                continue;
             }
-            run_start = i + 1;
+            // A block with something to escape, or the short tail: byte by byte, each byte
+            // tested once.
+            Some(_) => i + BLOCK,
+            None => bytes.len(),
+        };
+        for (k, &b) in bytes[i..block_end].iter().enumerate() {
+            if needs_escape(b) {
+                out.put(&bytes[run_start..i + k]);
+                write_escape(out, b)?;
+                run_start = i + k + 1;
+            }
         }
-        i += 1;
+        i = block_end;
     }
     out.put(&bytes[run_start..]);
     out.put(b"\"");
+    Ok(())
+}
+
+fn write_escape(out: &mut Text, b: u8) -> Result<(), Violation> {
+    match b {
+        0 => return Err(Violation::Nul),
+        b'"' => out.put(b"\\\""),
+        b'\\' => out.put(b"\\\\"),
+        0x08 => out.put(b"\\b"),
+        0x0C => out.put(b"\\f"),
+        b'\n' => out.put(b"\\n"),
+        b'\r' => out.put(b"\\r"),
+        b'\t' => out.put(b"\\t"),
+        _ => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.put(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xF)],
+            ]);
+        }
+    }
     Ok(())
 }
 
@@ -216,6 +228,8 @@ mod tests {
             json!(every_char),
             json!(blocky),
             json!("x".repeat(1000)),
+            json!("\"".repeat(70)),
+            json!(format!("{}{}", "\u{1}\\".repeat(40), "y".repeat(33))),
             json!([]),
             json!({}),
             json!([1, [2, [3, {}]], {"a": [null, "b\"c"]}]),

@@ -245,11 +245,17 @@ impl Subscriber {
         let claim = delivery::claim(&member.gate, &member.db, &request).instrument(span);
         // The heartbeat runs beside the claim, not before it: its commit waits for the disk,
         // and a woken member should not wait for that before it claims. On SQLite the two
-        // still take turns at the single writer.
+        // still take turns at the single writer. A failed heartbeat must not lose what the
+        // claim leased: it is logged and tried again at the next poll. (A member silent for
+        // longer than a cleanup's limit may now claim before its heartbeat lands; a cleanup
+        // in between releases those leases, and the member's acks are then refused, as for
+        // any lease it lost.)
         let claimed = if touch_due {
             let (touched, claimed) = tokio::join!(member.touch(), claim);
-            touched?;
-            self.last_touch = Instant::now();
+            match touched {
+                Ok(()) => self.last_touch = Instant::now(),
+                Err(err) => tracing::warn!(error = %err, "dabgent_mq: heartbeat failed; retrying"),
+            }
             claimed?
         } else {
             claim.await?

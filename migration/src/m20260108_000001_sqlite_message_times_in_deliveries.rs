@@ -35,6 +35,13 @@ pub(crate) struct Migration;
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
+    /// In one transaction, also when run by the CLI (which runs SQLite migrations without
+    /// one by default): between dropping and re-creating the trigger, another process's
+    /// catch-up would move a group's position without inserting its delivery rows.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         super::on_sqlite(
             manager,

@@ -271,6 +271,18 @@ async fn large_payloads_are_stored_with_lz4_on_postgres_servers_that_have_it() {
     let big = json!({"blob": "x".repeat(100_000)});
     let id = queue.publish("blobs", "blob", big.clone()).await.unwrap();
     let conn = queue.connection();
+    let version = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT current_setting('server_version_num')::int AS v",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    if version.try_get::<i32>("", "v").unwrap() < 140_000 {
+        // No column compression before PostgreSQL 14; the migration leaves the column alone.
+        return;
+    }
     let has_lz4 = conn
         .execute_unprepared("SET default_toast_compression = 'lz4'")
         .await
