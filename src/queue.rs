@@ -330,13 +330,8 @@ impl MessageQueue {
         }
         let (prepared, payloads) = self.prepare_all(messages)?;
         let span = tracing::debug_span!("publish", count = prepared.len());
-        let result = publisher::submit(self, prepared).instrument(span).await;
-        // Freed after the write, not as each payload is serialized: a burst of frees just
-        // before the write filled glibc's free lists with small chunks, which its first large
-        // allocation then had to consolidate (about 6 % of the CPU time of a 1,000-message
-        // batch on SQLite, measured).
-        drop(payloads);
-        result
+        let write = publisher::submit(self, prepared).instrument(span);
+        free_during_write(self.inner.db_type, write, payloads).await
     }
 
     /// Writes validated messages in one transaction, then wakes this process's waiting
@@ -413,16 +408,13 @@ impl MessageQueue {
         }
         let (prepared, payloads) = self.prepare_all(messages)?;
         let span = tracing::debug_span!("publish_in", count = prepared.len());
-        let result = async {
+        let write = async {
             let txn = backend::begin_write(conn).await?;
             let result = backend::insert_messages(&txn, &prepared).await;
             backend::finish(txn, result).await
         }
-        .instrument(span)
-        .await;
-        // After the write, as in `publish_batch`.
-        drop(payloads);
-        result
+        .instrument(span);
+        free_during_write(self.inner.db_type, write, payloads).await
     }
 
     /// Starts a replay of the stream `name`; see [`ReplayBuilder`].
@@ -641,7 +633,7 @@ impl MessageQueue {
     }
 
     /// Validates `messages` and turns them into rows to write; also returns payload values for
-    /// the caller to drop once the write is done (see `publish_batch`). Only the first
+    /// the caller to drop while the write is in flight (see `publish_batch`). Only the first
     /// [`KEEP_PAYLOADS_UP_TO`] bytes of serialized payload keep their values: beyond that the
     /// batch is large enough for its frees to be a small part of its cost, and holding every
     /// value beside its text until the commit would double the batch's peak memory.
@@ -706,6 +698,34 @@ fn generate_consumer_id() -> String {
 
 /// Checks what is left of a message whose stream name and topic are valid and turns it into a
 /// row to write, returned with the message's payload value. No database call.
+/// Runs a publish's `write` and frees the callers' payload values, on PostgreSQL while the
+/// server works on the write, on SQLite after it.
+///
+/// Freeing a batch's values costs about a third of the time it takes to validate and
+/// serialize the batch (1,000 messages of 200 bytes, measured). On PostgreSQL, `join!` polls
+/// the write first, which sends its one statement, and frees the values while the answer is
+/// outstanding (batch publish, three interleaved pairs: 0.87-0.88 -> 0.93-0.96 of the plain
+/// insert). A SQLite batch is several short round trips to a thread of this process, the first
+/// of which comes back long before the frees are done, so the frees would delay the write's
+/// own statements instead (measured: 0.95-1.04 -> 0.90-0.99); they come after it, not before:
+/// a burst of frees just before the write filled glibc's free lists with small chunks, which
+/// the write's first large allocation then had to consolidate (about 6 % of the CPU time of a
+/// 1,000-message batch).
+async fn free_during_write<T>(
+    db_type: DatabaseType,
+    write: impl Future<Output = Result<T>>,
+    payloads: Vec<Value>,
+) -> Result<T> {
+    match db_type {
+        DatabaseType::Postgres => tokio::join!(write, async move { drop(payloads) }).0,
+        DatabaseType::Sqlite => {
+            let result = write.await;
+            drop(payloads);
+            result
+        }
+    }
+}
+
 fn prepare(message: Message, max_payload_bytes: usize) -> Result<(NewMessage, Value)> {
     let payload = serialize_payload(&message.payload, max_payload_bytes)?;
     if message.delay > MAX_DELAY {

@@ -358,7 +358,10 @@ pub(crate) async fn append_one<C: ConnectionTrait>(
 /// lock (held to commit, which for this autocommit statement is its own end), the `INSERT`
 /// writes the rows from arrays (one bind parameter per column, whatever the batch size), and
 /// the notification is sent only if rows were written. Returns the ids in input order, or
-/// `None` if the stream does not exist (then nothing was written).
+/// `None` if the stream does not exist (then nothing was written). The ids come back as one
+/// array in one row rather than a row per message, which the server sends and the driver
+/// decodes one by one (batch publish of 1,000, lib alone, three interleaved pairs: 95-105k ->
+/// 105-110k messages/s).
 pub(crate) async fn append_messages<C: ConnectionTrait>(
     conn: &C,
     stream: &str,
@@ -384,10 +387,12 @@ pub(crate) async fn append_messages<C: ConnectionTrait>(
          ), n AS ( \
             SELECT pg_notify('{NOTIFY_CHANNEL}', $1) FROM s \
          ) \
-         SELECT i.id, (SELECT count(*) FROM n) AS notified FROM i ORDER BY i.stream_offset"
+         SELECT array_agg(i.id ORDER BY i.stream_offset) AS ids, \
+                (SELECT count(*) FROM n) AS notified \
+         FROM i"
     );
-    let rows = conn
-        .query_all_raw(Statement::from_sql_and_values(
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             sql,
             [
@@ -400,14 +405,12 @@ pub(crate) async fn append_messages<C: ConnectionTrait>(
             ],
         ))
         .await?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let ids = rows
-        .iter()
-        .map(|row| row.try_get_by_index::<i64>(0))
-        .collect::<Result<Vec<_>, DbErr>>()?;
-    Ok(Some(ids))
+    // No rows were written (unknown stream): the aggregate over nothing is NULL.
+    let ids = match row {
+        Some(row) => row.try_get_by_index::<Option<Vec<i64>>>(0)?,
+        None => None,
+    };
+    Ok(ids)
 }
 
 /// The rows still held under these exact leases, as the condition of the portable lease

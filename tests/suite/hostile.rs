@@ -135,6 +135,13 @@ async fn stream_calls(
                 .map(drop),
         ),
         (
+            "publish_batch (one stream)",
+            queue
+                .publish_batch(vec![message(), message()])
+                .await
+                .map(drop),
+        ),
+        (
             "publish_in",
             queue
                 .publish_in(queue.connection(), message())
