@@ -87,8 +87,7 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
 }
 
 /// Catches a group up with the head of its stream in one statement: advances its position
-/// and inserts the delivery rows of every message it moved over. Returns whether it moved
-/// (the log has every offset up to the head, so a move inserts at least one row).
+/// and inserts the delivery rows of every message it moved over.
 ///
 /// Concurrency: the position is read and moved under the one row lock that the `UPDATE`
 /// takes. A second catch-up of the group waits for that lock, then re-evaluates its `WHERE`
@@ -112,7 +111,7 @@ pub(crate) async fn catch_up<C: ConnectionTrait>(
     conn: &C,
     group_id: i64,
     stream_id: i64,
-) -> Result<bool, MqError> {
+) -> Result<(), MqError> {
     let sql = "WITH h AS ( \
             SELECT last_offset AS head FROM mq_streams WHERE id = $2 \
          ), relaxed AS ( \
@@ -130,15 +129,13 @@ pub(crate) async fn catch_up<C: ConnectionTrait>(
          FROM u, mq_messages m \
          WHERE m.stream_id = $2 AND m.stream_offset > u.position \
            AND m.stream_offset <= u.head";
-    let inserted = conn
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            [group_id.into(), stream_id.into()],
-        ))
-        .await?
-        .rows_affected();
-    Ok(inserted > 0)
+    conn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        [group_id.into(), stream_id.into()],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// Returns the group's expired leases to the ready set, or to the dead letters once they have
