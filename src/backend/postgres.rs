@@ -353,7 +353,8 @@ pub(crate) async fn append_one<C: ConnectionTrait>(
         .map_err(MqError::from)
 }
 
-/// Appends messages to one stream in a single statement, so that outside a transaction a
+/// Appends messages (two or more; one goes to `append_one`) to one stream in a single
+/// statement, so that outside a transaction a
 /// publish costs one round trip: the `UPDATE` reserves the offsets under the stream row's
 /// lock (held to commit, which for this autocommit statement is its own end), the `INSERT`
 /// writes the rows from arrays (one bind parameter per column, whatever the batch size), and

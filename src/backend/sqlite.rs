@@ -148,7 +148,8 @@ pub(crate) async fn claim(
     // the constant it was first bound to and marks the statement expired whenever that
     // parameter is bound again, so every claim re-parsed and re-planned the whole statement
     // (about 6 % of the CPU of a consuming process). A subscriber's batch size is fixed, so
-    // the prepared statement is reused.
+    // the prepared statement is reused (a further round after dead letters, with a smaller
+    // limit, is a statement of its own).
     let limit = req.limit;
     values.push(tag.into());
     let catch_up = catch_up_sql();
