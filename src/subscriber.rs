@@ -57,6 +57,9 @@ pub struct Subscriber {
     last_reap: Option<Instant>,
     /// Whether the previous claim filled the batch (then the group is probably caught up).
     last_claim_full: bool,
+    /// Whether the previous claim found the group behind its stream's head (PostgreSQL; then
+    /// the next claim catches up first).
+    group_was_behind: bool,
 }
 
 /// What a subscriber shares with its stream's heartbeat task and its drop guard.
@@ -137,6 +140,7 @@ impl Subscriber {
             last_touch: Instant::now(),
             last_reap: None,
             last_claim_full: false,
+            group_was_behind: false,
         }
     }
 
@@ -238,7 +242,7 @@ impl Subscriber {
             visibility_ms: member.visibility_ms,
             max_attempts: self.max_attempts,
             reap,
-            catch_up_first: !self.last_claim_full,
+            catch_up_first: !self.last_claim_full || self.group_was_behind,
         };
         let span =
             tracing::debug_span!("claim", stream = %member.stream, consumer = %member.consumer_id);
@@ -260,6 +264,8 @@ impl Subscriber {
         } else {
             claim.await?
         };
+        let (claimed, behind) = claimed;
+        self.group_was_behind = behind;
         self.last_claim_full = claimed.len() >= usize::try_from(self.batch_size).unwrap_or(0);
         let mut leases = member.leases();
         Ok(claimed

@@ -11,7 +11,7 @@
 //! token, which each claim increments, so a stale holder cannot ack, nack or extend a lease
 //! that has since been given to someone else.
 
-use entity::{consumer, consumer_group, delivery, message, stream};
+use entity::{consumer, consumer_group, delivery, message};
 use sea_orm::sea_query::{Alias, Condition, Expr, ExprTrait, OnConflict, Query, UpdateStatement};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
@@ -49,8 +49,9 @@ pub(crate) struct ClaimRequest<'a> {
     /// Whether to return expired leases to the ready set first (done at intervals, not on
     /// every claim).
     pub(crate) reap: bool,
-    /// Whether to catch the group up before the first pick, because it is probably behind
-    /// (the member's previous claim came back short, so it has been waiting for messages).
+    /// Whether to catch the group up before the first pick, because it is probably behind:
+    /// the member's previous claim came back short (so it has been waiting for messages), or
+    /// found the group behind (as it does each time under continuous publishing).
     pub(crate) catch_up_first: bool,
 }
 
@@ -189,34 +190,36 @@ pub(crate) async fn touch_consumer<C: ConnectionTrait>(
 /// set (at intervals), catches the group up with the head of its stream when it is behind, and
 /// leases the best ready rows (priority, then offset). Results are in claim order.
 ///
-/// Priorities are exact among everything published before the claim, because rows are only
-/// picked from a group that is caught up. On SQLite, every claim catches up and picks in one
+/// Priorities are exact among everything published before the claim (before its catch-up,
+/// when it starts with one), because rows are only picked from a group that is caught up. On SQLite, every claim catches up and picks in one
 /// round trip (see `sqlite::claim`). On PostgreSQL, where a catch-up is a statement of its own
 /// that locks the group row, the first statement checks that the group is caught up and picks
 /// nothing otherwise, so the common case, a caught-up group with enough ready rows, costs one
-/// statement. A claim that comes back short looks at the group's position: if it was behind,
-/// it catches up and claims the remaining places (without the check: the group was just
-/// caught up, and under continuous publishing the check could fail every time). A member that
-/// has been waiting for messages catches up first instead, as its group is probably behind.
+/// statement. When the check fails, the statement says so, and the claim catches the group up
+/// and picks again without the check (the group was just caught up, and under continuous
+/// publishing the check could fail every time). A member whose group is probably behind (it
+/// has been waiting for messages, or its previous claim found the group behind) catches up
+/// first instead, which costs two statements where the check would cost three. Also returns
+/// whether the group was found behind.
 pub(crate) async fn claim(
     gate: &WriteGate,
     db: &DatabaseConnection,
     req: &ClaimRequest<'_>,
-) -> Result<Vec<Claimed>> {
+) -> Result<(Vec<Claimed>, bool)> {
     if req.reap {
         let turn = gate.enter().await;
         reap_expired(turn.conn(db), req.group_id, req.max_attempts).await?;
     }
     let postgres = db.get_database_backend() == DbBackend::Postgres;
     let mut caught_up_only = postgres;
+    // Whether the group was found behind the head of its stream: a hint for the member's next
+    // claim (see `ClaimRequest::catch_up_first`).
+    let mut behind = false;
     if postgres && req.catch_up_first {
-        // Straight to the catch-up, which does nothing for a caught-up group, without first
-        // reading the position to decide: a member that was waiting usually finds its group
-        // behind, and then the read cost a round trip more (publish-to-receive, three interleaved
-        // pairs: p50 1.59-1.85 -> 1.54-1.69 ms, p99 3.9-4.3 -> 2.9-3.4 ms). Whoever catches
-        // the group up, the claim below runs after it and, without the caught-up check, sees
-        // the rows.
-        postgres::catch_up(db, req.group_id, req.stream_id).await?;
+        // Straight to the catch-up, which does nothing for a caught-up group: the claim below
+        // runs after it and, without the caught-up check, sees the rows, whoever caught the
+        // group up.
+        behind = postgres::catch_up(db, req.group_id, req.stream_id).await?;
         caught_up_only = false;
     }
     let mut claimed = Vec::new();
@@ -227,11 +230,13 @@ pub(crate) async fn claim(
         let round = if postgres {
             postgres::claim(db, &request, caught_up_only).await
         } else {
-            sqlite::claim(gate, db, &request).await
+            sqlite::claim(gate, db, &request)
+                .await
+                .map(|(l, b)| (l, b, false))
         };
-        let (leased, buried) = match round {
+        let (leased, buried, found_behind) = match round {
             Ok(round) => round,
-            Err(err) => return settle_failed_round(claimed, err),
+            Err(err) => return settle_failed_round(claimed, err).map(|c| (c, behind)),
         };
         limit = limit.saturating_sub(u32::try_from(leased.len()).unwrap_or(u32::MAX));
         claimed.extend(leased);
@@ -246,22 +251,26 @@ pub(crate) async fn claim(
         if buried > 0 {
             continue;
         }
-        if caught_up_only {
-            match materialize(db, req.group_id, req.stream_id).await {
-                Ok(true) => {
-                    caught_up_only = false;
-                    continue;
-                }
-                Ok(false) => {}
-                Err(err) => return settle_failed_round(claimed, err),
+        // The check failed: the group was behind when the claim looked, so it picked nothing.
+        // Catch up, and claim again without the check, even if the catch-up finds that
+        // another member has just done it (the claim must not come back empty-handed then).
+        // A claim that passed the check and came back short is done: what was published after
+        // it looked is for the next claim (a poll that found nothing waits, and such a publish
+        // wakes it: the poll registered for wake-ups before it claimed).
+        if found_behind {
+            behind = true;
+            if let Err(err) = postgres::catch_up(db, req.group_id, req.stream_id).await {
+                return settle_failed_round(claimed, err).map(|c| (c, behind));
             }
+            caught_up_only = false;
+            continue;
         }
         break;
     }
     if rounds > 1 {
         sort_claimed(&mut claimed);
     }
-    Ok(claimed)
+    Ok((claimed, behind))
 }
 
 /// A later round of a claim failed: the leases of the earlier rounds are committed, so hand
@@ -274,45 +283,6 @@ fn settle_failed_round(claimed: Vec<Claimed>, err: MqError) -> Result<Vec<Claime
     let mut claimed = claimed;
     sort_claimed(&mut claimed);
     Ok(claimed)
-}
-
-/// PostgreSQL: inserts the delivery rows of every message the group has not seen yet, up to
-/// the committed head of the stream (`postgres::catch_up`, one statement), and returns whether
-/// it was behind. Cheap when the group is caught up (one indexed read). The position is read
-/// first, rather than asking the catch-up whether it moved the group: a member whose catch-up
-/// found the group already moved by another member's must still claim again, since its claim
-/// looked before that move. (Measured without the read: such members returned empty-handed and
-/// waited, and a 10-minute soak fell to 0.28 of its first minute.) SQLite needs no such step:
-/// every SQLite claim statement is preceded by its catch-up (see `sqlite::claim`).
-async fn materialize<C: ConnectionTrait>(conn: &C, group_id: i64, stream_id: i64) -> Result<bool> {
-    let (materialized, head) = group_position(conn, group_id).await?;
-    if materialized >= head {
-        return Ok(false);
-    }
-    postgres::catch_up(conn, group_id, stream_id).await?;
-    Ok(true)
-}
-
-/// The group's materialized offset and the committed head of its stream.
-async fn group_position<C: ConnectionTrait>(conn: &C, group_id: i64) -> Result<(i64, i64)> {
-    let select = Query::select()
-        .column((
-            consumer_group::Entity,
-            consumer_group::Column::MaterializedOffset,
-        ))
-        .expr(super::head(conn.get_database_backend()))
-        .from(consumer_group::Entity)
-        .inner_join(
-            stream::Entity,
-            Expr::col((stream::Entity, stream::Column::Id))
-                .equals((consumer_group::Entity, consumer_group::Column::StreamId)),
-        )
-        .and_where(Expr::col((consumer_group::Entity, consumer_group::Column::Id)).eq(group_id))
-        .to_owned();
-    match conn.query_one(&select).await? {
-        Some(row) => Ok((row.try_get_by_index(0)?, row.try_get_by_index(1)?)),
-        None => Ok((0, 0)),
-    }
 }
 
 /// The start of an `UPDATE` that ends leases: the rows forget their holder and become ready

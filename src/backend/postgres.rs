@@ -87,7 +87,8 @@ pub(crate) async fn topic_matches<C: ConnectionTrait>(
 }
 
 /// Catches a group up with the head of its stream in one statement: advances its position
-/// and inserts the delivery rows of every message it moved over.
+/// and inserts the delivery rows of every message it moved over. Returns whether it moved
+/// the group (the log has every offset up to the head, so a move inserts at least one row).
 ///
 /// Concurrency: the position is read and moved under the one row lock that the `UPDATE`
 /// takes. A second catch-up of the group waits for that lock, then re-evaluates its `WHERE`
@@ -111,7 +112,7 @@ pub(crate) async fn catch_up<C: ConnectionTrait>(
     conn: &C,
     group_id: i64,
     stream_id: i64,
-) -> Result<(), MqError> {
+) -> Result<bool, MqError> {
     let sql = "WITH h AS ( \
             SELECT last_offset AS head FROM mq_streams WHERE id = $2 \
          ), relaxed AS ( \
@@ -129,13 +130,15 @@ pub(crate) async fn catch_up<C: ConnectionTrait>(
          FROM u, mq_messages m \
          WHERE m.stream_id = $2 AND m.stream_offset > u.position \
            AND m.stream_offset <= u.head";
-    conn.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        sql,
-        [group_id.into(), stream_id.into()],
-    ))
-    .await?;
-    Ok(())
+    let inserted = conn
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            [group_id.into(), stream_id.into()],
+        ))
+        .await?
+        .rows_affected();
+    Ok(inserted > 0)
 }
 
 /// Returns the group's expired leases to the ready set, or to the dead letters once they have
@@ -181,6 +184,8 @@ pub(crate) async fn reap_expired<C: ConnectionTrait>(
 /// used `max_attempts` (released by a cleanup or a dropped subscriber rather than failed by
 /// expiry or nack) becomes a dead letter instead of being delivered again; the second value
 /// counts those (they come back without a message: the join does not detoast their payloads).
+/// With `caught_up_only`, it picks only if the group is caught up with the head of its
+/// stream; the third value says that it was not (then nothing was picked).
 ///
 /// Concurrency: the `MATERIALIZED` CTE picks and locks candidate rows with `FOR UPDATE SKIP
 /// LOCKED`, so concurrent claimers never wait for or share a row, and the CTE runs exactly
@@ -196,7 +201,7 @@ pub(crate) async fn claim<C: ConnectionTrait>(
     conn: &C,
     req: &ClaimRequest<'_>,
     caught_up_only: bool,
-) -> Result<(Vec<Claimed>, usize), MqError> {
+) -> Result<(Vec<Claimed>, usize, bool), MqError> {
     let mut values: Vec<sea_orm::Value> = vec![
         req.group_id.into(),
         req.from_offset.into(),
@@ -214,14 +219,23 @@ pub(crate) async fn claim<C: ConnectionTrait>(
     // group's whole primary key on every claim. And the re-check in the UPDATE is written
     // `state::integer = 0`, which the planner cannot match to the partial ready index.
     let limit = req.limit;
-    // Uncorrelated, so it is planned as a one-time filter evaluated once per statement, in
-    // the statement's snapshot: the same snapshot in which the rows are picked.
-    let guard = if caught_up_only {
-        " AND EXISTS (SELECT 1 FROM mq_consumer_groups g JOIN mq_streams s \
+    // Uncorrelated, so it is planned as a one-time filter, evaluated once where it appears
+    // (in the pick and in the marker), both times in the statement's snapshot: the snapshot in
+    // which the rows are picked. So either rows are picked or, when the group is behind, one
+    // marker row (state -1) says so and the caller need not read the position again.
+    const CAUGHT_UP: &str = "EXISTS (SELECT 1 FROM mq_consumer_groups g JOIN mq_streams s \
                ON s.id = g.stream_id \
-               WHERE g.id = $1 AND g.materialized_offset >= s.last_offset)"
+               WHERE g.id = $1 AND g.materialized_offset >= s.last_offset)";
+    let (guard, marker) = if caught_up_only {
+        (
+            format!(" AND {CAUGHT_UP}"),
+            format!(
+                " UNION ALL SELECT (-1)::smallint, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+                    NULL, NULL, NULL WHERE NOT {CAUGHT_UP}"
+            ),
+        )
     } else {
-        ""
+        (String::new(), String::new())
     };
     let sql = format!(
         "WITH c AS MATERIALIZED ( \
@@ -244,7 +258,7 @@ pub(crate) async fn claim<C: ConnectionTrait>(
          ) \
          SELECT u.state, m.id, m.stream_id, m.stream_offset, m.topic, m.payload, m.priority, \
                 m.created_at, m.deliver_at, u.attempts, u.lease_token \
-         FROM u LEFT JOIN mq_messages m ON m.id = u.message_id AND u.state = 1"
+         FROM u LEFT JOIN mq_messages m ON m.id = u.message_id AND u.state = 1{marker}"
     );
     let rows = conn
         .query_all_raw(Statement::from_sql_and_values(
@@ -255,10 +269,18 @@ pub(crate) async fn claim<C: ConnectionTrait>(
         .await?;
     let mut claimed = Vec::with_capacity(rows.len());
     let mut buried = 0;
+    let mut behind = false;
     for row in &rows {
-        if row.try_get::<i16>("", "state")? != 1 {
-            buried += 1;
-            continue;
+        match row.try_get::<i16>("", "state")? {
+            1 => {}
+            -1 => {
+                behind = true;
+                continue;
+            }
+            _ => {
+                buried += 1;
+                continue;
+            }
         }
         claimed.push(Claimed {
             message: entity::message::Model::from_query_result(row, "")?,
@@ -269,7 +291,7 @@ pub(crate) async fn claim<C: ConnectionTrait>(
     // Sorted here rather than by the statement: the server has less to do, and that is the
     // side a group's members share.
     sort_claimed(&mut claimed);
-    Ok((claimed, buried))
+    Ok((claimed, buried, behind))
 }
 
 /// The token shared by all of `leases`, if they share one.
