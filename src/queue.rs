@@ -707,14 +707,14 @@ fn generate_consumer_id() -> String {
 /// serialize the batch (1,000 messages of 200 bytes, measured). On PostgreSQL, `join!` polls
 /// the write first, which for a batch to one stream sends its one statement (or queues the
 /// batch behind a write in flight), and frees the values while the answer is outstanding
-/// (batch publish, three interleaved pairs: 0.87-0.88 -> 0.93-0.96 of the plain insert). A
+/// (batch publish, three interleaved pairs: 0.87-0.89 -> 0.88-0.96 of the plain insert). A
 /// batch to several streams starts with a `BEGIN`, during which the frees run; that case was
-/// not measured. A SQLite batch is several short round trips to a thread of this process, the first
-/// of which comes back long before the frees are done, so the frees would delay the write's
-/// own statements instead (measured: 0.95-1.04 -> 0.90-0.99); they come after it, not before:
-/// a burst of frees just before the write filled glibc's free lists with small chunks, which
-/// the write's first large allocation then had to consolidate (about 6 % of the CPU time of a
-/// 1,000-message batch).
+/// not measured. A SQLite batch is several short round trips to a thread of this process, the
+/// first of which comes back long before the frees are done, so the frees would delay the
+/// write's own statements instead (measured: 0.95-1.04 -> 0.90-0.99); they come after it, not
+/// before: a burst of frees just before the write filled glibc's free lists with small chunks,
+/// which the write's first large allocation then had to consolidate (about 6 % of the CPU time
+/// of a 1,000-message batch).
 async fn free_during_write<T>(
     db_type: DatabaseType,
     write: impl Future<Output = Result<T>>,

@@ -191,16 +191,17 @@ pub(crate) async fn touch_consumer<C: ConnectionTrait>(
 /// leases the best ready rows (priority, then offset). Results are in claim order.
 ///
 /// Priorities are exact among everything published before the claim (before its catch-up,
-/// when it starts with one), because rows are only picked from a group that is caught up. On SQLite, every claim catches up and picks in one
-/// round trip (see `sqlite::claim`). On PostgreSQL, where a catch-up is a statement of its own
-/// that locks the group row, the first statement checks that the group is caught up and picks
-/// nothing otherwise, so the common case, a caught-up group with enough ready rows, costs one
-/// statement. When the check fails, the statement says so, and the claim catches the group up
-/// and picks again without the check (the group was just caught up, and under continuous
-/// publishing the check could fail every time). A member whose group is probably behind (it
-/// has been waiting for messages, or its previous claim found the group behind) catches up
-/// first instead, which costs two statements where the check would cost three. Also returns
-/// whether the group was found behind.
+/// when it starts with one), because rows are only picked from a group that is caught up. On
+/// SQLite, every claim catches up and picks in one round trip (see `sqlite::claim`). On
+/// PostgreSQL, where a catch-up is a statement of its own that locks the group row, the first
+/// statement checks that the group is caught up and picks nothing otherwise, so the common
+/// case, a caught-up group with enough ready rows, costs one statement. When the check fails,
+/// the statement says so, and the claim catches the group up and picks again without the
+/// check (the group was just caught up, and under continuous publishing the check could fail
+/// every time). A member whose group is probably behind (it has been waiting for messages, or
+/// its previous claim found the group behind) catches up first instead, which costs two
+/// statements where the check would cost three. Also returns whether the group was found
+/// behind.
 pub(crate) async fn claim(
     gate: &WriteGate,
     db: &DatabaseConnection,

@@ -266,6 +266,46 @@ async fn higher_priority_is_delivered_first_then_lower_offset() {
 }
 
 #[tokio::test]
+async fn a_claim_after_a_full_batch_still_sees_messages_published_since_in_priority_order() {
+    // After a full batch, the next claim first checks that the group is caught up (on
+    // PostgreSQL); here it never is, so every claim must catch up and pick by priority.
+    let (queue, _db) = common::queue("priority_after_full_batch").await;
+    queue.create_stream("s").await.unwrap();
+    let publish = |p: i32| queue.publish_with_priority("s", "t", json!({"p": p}), p);
+    for _ in 0..4 {
+        publish(0).await.unwrap();
+    }
+    let mut sub = queue
+        .subscribe_with_options(now("s").batch_size(2))
+        .await
+        .unwrap();
+    let mut polls = Vec::new();
+    for next in [Some(9), Some(5), None, None] {
+        let got = sub.poll().await.unwrap();
+        for msg in &got {
+            sub.ack(msg.id).await.unwrap();
+        }
+        polls.push(
+            got.iter()
+                .map(|m| (m.priority, m.offset))
+                .collect::<Vec<_>>(),
+        );
+        if let Some(p) = next {
+            publish(p).await.unwrap();
+        }
+    }
+    assert_eq!(
+        polls,
+        [
+            vec![(0, 1), (0, 2)],
+            vec![(9, 5), (0, 3)],
+            vec![(5, 6), (0, 4)],
+            vec![],
+        ]
+    );
+}
+
+#[tokio::test]
 async fn each_member_receives_only_topics_matching_its_patterns() {
     let (queue, _db) = common::queue("topic_filters").await;
     queue.create_stream("s").await.unwrap();
