@@ -57,7 +57,7 @@ pub(crate) async fn submit(queue: &MessageQueue, messages: Vec<NewMessage>) -> R
     let inline = !std::mem::replace(&mut queue.publisher().state().writing, true);
     if inline {
         let handover = Handover(queue);
-        let result = queue.write_batch(&messages).await;
+        let result = queue.write_batch(messages).await;
         drop(handover);
         result
     } else {
@@ -130,7 +130,7 @@ async fn write_pending(queue: MessageQueue) {
 async fn write_combined(queue: &MessageQueue, batch: Vec<Request>) {
     if batch.len() == 1 {
         for request in batch {
-            let result = queue.write_batch(&request.messages).await;
+            let result = queue.write_batch(request.messages).await;
             let _ = request.reply.send(result);
         }
         return;
@@ -142,7 +142,7 @@ async fn write_combined(queue: &MessageQueue, batch: Vec<Request>) {
         all.extend(request.messages);
         replies.push(request.reply);
     }
-    match queue.write_batch(&all).await {
+    match queue.write_all(&all).await {
         Ok(ids) => {
             let mut ids = ids.into_iter();
             for (size, reply) in sizes.into_iter().zip(replies) {
@@ -155,7 +155,7 @@ async fn write_combined(queue: &MessageQueue, batch: Vec<Request>) {
             let mut messages = all.into_iter();
             for (size, reply) in sizes.into_iter().zip(replies) {
                 let mine: Vec<NewMessage> = messages.by_ref().take(size).collect();
-                let result = queue.write_batch(&mine).await;
+                let result = queue.write_batch(mine).await;
                 let _ = reply.send(result);
             }
         }

@@ -335,8 +335,23 @@ impl MessageQueue {
     }
 
     /// Writes validated messages in one transaction, then wakes this process's waiting
-    /// subscribers of their streams (after the commit, not before).
-    pub(crate) async fn write_batch(&self, messages: &[NewMessage]) -> Result<Vec<i64>> {
+    /// subscribers of their streams (after the commit, not before). A single message is moved
+    /// into its statement (see [`backend::publish_one`]).
+    pub(crate) async fn write_batch(&self, mut messages: Vec<NewMessage>) -> Result<Vec<i64>> {
+        let [message] = &mut messages[..] else {
+            return self.write_all(&messages).await;
+        };
+        let id = {
+            let turn = self.inner.gate.enter().await;
+            backend::publish_one(turn.conn(&self.inner.db), message).await?
+        };
+        self.inner.notifier.wake([message.stream.as_str()]);
+        Ok(vec![id])
+    }
+
+    /// [`write_batch`](Self::write_batch) for messages the caller keeps (to write them again
+    /// one request at a time if the combined write fails).
+    pub(crate) async fn write_all(&self, messages: &[NewMessage]) -> Result<Vec<i64>> {
         let ids = {
             let turn = self.inner.gate.enter().await;
             backend::publish_messages(turn.conn(&self.inner.db), messages).await?

@@ -11,7 +11,7 @@ pub(crate) mod sqlite;
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use entity::{message, stream};
 use migration::{Migrator, MigratorTrait};
@@ -83,6 +83,14 @@ const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 /// A WAL longer than this (in 4 KiB pages) is checkpointed once with writes held, so that it
 /// starts over (see [`WriteGate::start_checkpoints`]).
 const WAL_RESTART_PAGES: i64 = 4000;
+
+/// Before it holds writes to start the WAL over, the checkpointer repeats its passive
+/// checkpoint (at most `WAL_RESTART_PASSES` more times) until fewer than this many pages were
+/// appended during the last one.
+const WAL_RESTART_LEFT_PAGES: i64 = 256;
+
+/// See [`WAL_RESTART_LEFT_PAGES`].
+const WAL_RESTART_PASSES: u32 = 4;
 
 /// Rows the writer's worker thread may hand over before the task reading them catches up
 /// (the driver's default is 50). A combined script returns the rows of several claims at
@@ -180,25 +188,50 @@ impl WriteGate {
                 if taken == checkpointed {
                     continue;
                 }
-                match sqlite::checkpoint(&pool).await {
-                    Ok(wal_pages) if wal_pages > WAL_RESTART_PAGES => {
-                        let Some(gate) = gate.upgrade() else { return };
-                        let _turn = gate.turns.lock().await;
-                        if let Err(err) = sqlite::checkpoint(&pool).await {
-                            tracing::debug!(error = %err, "dabgent_mq: WAL checkpoint failed");
-                            continue;
-                        }
-                    }
-                    Ok(_) => {}
+                match checkpoint_round(&gate, &pool).await {
+                    Ok(()) => checkpointed = taken,
                     Err(err) => {
                         tracing::debug!(error = %err, "dabgent_mq: WAL checkpoint failed");
-                        continue;
                     }
                 }
-                checkpointed = taken;
             }
         });
     }
+}
+
+/// One round of the checkpointer (see [`WriteGate::start_checkpoints`]): a passive
+/// checkpoint, and once the WAL is longer than `WAL_RESTART_PAGES`, a checkpoint with writes
+/// held, so that the next write starts the WAL over.
+///
+/// Holding writes costs the checkpoint's two disk syncs plus the copy of whatever the last
+/// checkpoint left behind (with 1 MiB messages, 25-45 ms per hold, measured). So first the
+/// passive checkpoint is repeated, while writes go on, until one pass finds fewer than
+/// `WAL_RESTART_LEFT_PAGES` pages appended since the previous one (at most
+/// `WAL_RESTART_PASSES` more passes): the held checkpoint then has little to copy, and when a
+/// write finds a pass's copy complete, it starts the WAL over by itself and writes need not
+/// be held at all (the WAL is then short again). 1 MiB publish + consume, three interleaved
+/// runs of each: from 0.52-0.53 to 0.68-0.83 of the plain insert.
+async fn checkpoint_round(gate: &Weak<Gate>, pool: &DatabaseConnection) -> Result<(), DbErr> {
+    let mut wal_pages = sqlite::checkpoint(pool).await?;
+    let mut passes = 0;
+    let mut appended = i64::MAX;
+    while wal_pages > WAL_RESTART_PAGES
+        && appended > WAL_RESTART_LEFT_PAGES
+        && passes < WAL_RESTART_PASSES
+    {
+        let pages = sqlite::checkpoint(pool).await?;
+        // Negative when a write started the WAL over meanwhile.
+        appended = pages - wal_pages;
+        wal_pages = pages;
+        passes += 1;
+    }
+    if wal_pages > WAL_RESTART_PAGES
+        && let Some(gate) = gate.upgrade()
+    {
+        let _turn = gate.turns.lock().await;
+        sqlite::checkpoint(pool).await?;
+    }
+    Ok(())
 }
 
 /// A validated message, ready to be written.
@@ -487,23 +520,28 @@ pub(crate) async fn find_stream<C: ConnectionTrait>(
         .await?)
 }
 
-/// Appends `messages` (already validated) to their streams, atomically, and returns their ids
-/// in input order. A single message, and on PostgreSQL a batch for one stream, is a single
-/// autocommit statement; otherwise the messages are written in a transaction.
+/// Appends one message (already validated) to its stream in a single autocommit statement
+/// and returns its id. The payload text moves into the statement (`message.payload` is left
+/// empty) instead of being copied: for a large payload that saves a copy its size, in a fresh
+/// allocation whose pages the kernel must fault in.
+pub(crate) async fn publish_one(db: &DatabaseConnection, message: &mut NewMessage) -> Result<i64> {
+    let payload = std::mem::take(&mut message.payload);
+    let id = match db.get_database_backend() {
+        DbBackend::Postgres => postgres::append_one(db, message, payload).await?,
+        _ => sqlite::append_one(db, message, payload).await?,
+    };
+    id.ok_or_else(|| MqError::UnknownStream(message.stream.clone()))
+}
+
+/// Appends `messages` (already validated, two or more; one goes to [`publish_one`]) to their
+/// streams, atomically, and returns their ids in input order. On PostgreSQL a batch for one
+/// stream is a single autocommit statement; otherwise the messages are written in a
+/// transaction.
 pub(crate) async fn publish_messages(
     db: &DatabaseConnection,
     messages: &[NewMessage],
 ) -> Result<Vec<i64>> {
     let backend = db.get_database_backend();
-    if let [message] = messages {
-        let id = match backend {
-            DbBackend::Postgres => postgres::append_one(db, message).await?,
-            _ => sqlite::append_one(db, message).await?,
-        };
-        return id
-            .map(|id| vec![id])
-            .ok_or_else(|| MqError::UnknownStream(message.stream.clone()));
-    }
     if backend == DbBackend::Postgres
         && let Some(first) = messages.first()
         && messages.iter().all(|m| m.stream == first.stream)

@@ -342,6 +342,7 @@ pub(crate) async fn listen(
 pub(crate) async fn append_one<C: ConnectionTrait>(
     conn: &C,
     message: &NewMessage,
+    payload: String,
 ) -> Result<Option<i64>, MqError> {
     let sql = format!(
         "WITH s AS ( \
@@ -364,7 +365,7 @@ pub(crate) async fn append_one<C: ConnectionTrait>(
             [
                 message.stream.as_str().into(),
                 message.topic.as_str().into(),
-                message.payload.as_str().into(),
+                payload.into(),
                 message.priority.into(),
                 message.delay_ms.into(),
             ],

@@ -6,7 +6,10 @@
 //! transaction tries to upgrade. Readers run concurrently thanks to WAL.
 //! Same function names, in the same order, as `postgres.rs`.
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult, Statement};
+use sea_orm::sqlx::{self, error::ErrorKind};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult, RuntimeErr, Statement,
+};
 
 use super::combine::Piece;
 use super::delivery::{ClaimRequest, Claimed, sort_claimed};
@@ -169,7 +172,9 @@ pub(crate) async fn claim(
             LIMIT {limit}) \
            AND +state = 0 \
          RETURNING message_id, state, attempts, lease_token, stream_offset, priority, topic, \
-            (SELECT m.payload FROM mq_messages m WHERE m.id = mq_deliveries.message_id), \
+            (SELECT CASE WHEN octet_length(m.payload) <= {INLINE_PAYLOAD_BYTES} \
+                         THEN m.payload END \
+             FROM mq_messages m WHERE m.id = mq_deliveries.message_id), \
             COALESCE(message_created_at, \
                (SELECT m.created_at FROM mq_messages m WHERE m.id = mq_deliveries.message_id)), \
             COALESCE(message_deliver_at, \
@@ -178,6 +183,7 @@ pub(crate) async fn claim(
     );
     let rows = gate.run(pool, Piece { sql, values, tag }).await?;
     let mut claimed = Vec::with_capacity(rows.len());
+    let mut large = Vec::new();
     let mut buried = 0;
     for row in &rows {
         // Rows that had used their attempts were turned into dead letters, not leased.
@@ -192,8 +198,14 @@ pub(crate) async fn claim(
                 stream_offset: row.try_get_by_index(4)?,
                 topic: row.try_get_by_index(6)?,
                 // Parsed from the row's own bytes, with no copy into a `String` and no
-                // separate UTF-8 pass first.
-                payload: row.try_get_by_index(7)?,
+                // separate UTF-8 pass first. A large payload is read below.
+                payload: match row.try_get_by_index::<Option<serde_json::Value>>(7)? {
+                    Some(payload) => payload,
+                    None => {
+                        large.push(claimed.len());
+                        serde_json::Value::Null
+                    }
+                },
                 priority: row.try_get_by_index(5)?,
                 created_at: row.try_get_by_index(8)?,
                 deliver_at: row.try_get_by_index(9)?,
@@ -202,8 +214,38 @@ pub(crate) async fn claim(
             lease_token: row.try_get_by_index(3)?,
         });
     }
+    for i in large {
+        if let Some(c) = claimed.get_mut(i) {
+            c.message.payload = read_payload(pool, c.message.id).await?;
+        }
+    }
     sort_claimed(&mut claimed);
     Ok((claimed, buried))
+}
+
+/// Payloads up to this size come back in the claim's `RETURNING`; a larger one is read by
+/// [`read_payload`] after the claim. SQLite stores every `RETURNING` row in a temporary table
+/// until the statement ends, so a returned payload is copied twice more, into that table and
+/// out of it: for a 1 MiB payload, the claim took 0.95 ms instead of 0.54 ms for the claim and
+/// a separate read (`sqlite3`, 50 claims, median of 7 rounds). `octet_length` tells the size
+/// from the record header without loading the value.
+const INLINE_PAYLOAD_BYTES: usize = 64 * 1024;
+
+/// The payload of message `id`, read on its own (see [`INLINE_PAYLOAD_BYTES`]).
+///
+/// Concurrency: messages never change, so any connection reads the same value. Runs after the
+/// claim committed: if it fails, the claim's error is this one and its leases are left to
+/// expire, after which the messages are delivered again, as after a crash of the consumer.
+async fn read_payload(pool: &DatabaseConnection, id: i64) -> Result<serde_json::Value, MqError> {
+    let row = pool
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            "SELECT payload FROM mq_messages WHERE id = ?",
+            [id.into()],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("message {id}")))?;
+    Ok(row.try_get_by_index(0)?)
 }
 
 /// ` AND (topic GLOB ? OR ...)` for the patterns, binding them after `values`; empty when
@@ -293,34 +335,57 @@ pub(crate) async fn run_combined(
 /// Appends one message in a single statement: the offset is the stream's head plus one, read
 /// and written under SQLite's write lock, so no transaction is needed.
 /// Returns the id, or `None` if the stream does not exist (then nothing was written).
+///
+/// The row is written with `VALUES` and scalar subqueries rather than `INSERT ... SELECT ...
+/// FROM mq_streams`: a `SELECT` that reads the table it inserts into makes SQLite stage every
+/// result row in a temporary table first, payload and all, which for a 1 MiB payload costs
+/// about 30 % of the insert. An unknown stream makes the stream id NULL, which the column's
+/// `NOT NULL` refuses before anything is written; no other column of the row can be NULL.
 pub(crate) async fn append_one<C: ConnectionTrait>(
     conn: &C,
     message: &NewMessage,
+    payload: String,
 ) -> Result<Option<i64>, MqError> {
+    const STREAM: &str = "(SELECT id FROM mq_streams WHERE name = ?)";
     let sql = format!(
         "INSERT INTO mq_messages \
             (stream_id, stream_offset, topic, payload, priority, created_at, deliver_at) \
-         SELECT id, {HEAD} + 1, ?, ?, ?, {NOW_MS}, {NOW_MS} + ? \
-         FROM mq_streams WHERE name = ?"
+         VALUES ({STREAM}, \
+            COALESCE((SELECT m.stream_offset FROM mq_messages m WHERE m.stream_id = {STREAM} \
+                      ORDER BY m.stream_offset DESC LIMIT 1), 0) + 1, \
+            ?, ?, ?, {NOW_MS}, {NOW_MS} + ?)"
     );
     let result = conn
         .execute_raw(Statement::from_sql_and_values(
             DbBackend::Sqlite,
             sql,
             [
+                message.stream.as_str().into(),
+                message.stream.as_str().into(),
                 message.topic.as_str().into(),
-                message.payload.as_str().into(),
+                payload.into(),
                 message.priority.into(),
                 message.delay_ms.into(),
-                message.stream.as_str().into(),
             ],
         ))
-        .await?;
-    if result.rows_affected() == 0 {
-        return Ok(None);
-    }
+        .await;
+    let result = match result {
+        Ok(result) => result,
+        Err(err) if is_not_null_violation(&err) => return Ok(None),
+        Err(err) => return Err(err.into()),
+    };
     let id = i64::try_from(result.last_insert_id()).map_err(|e| DbErr::Custom(e.to_string()))?;
     Ok(Some(id))
+}
+
+/// Whether SQLite refused a row for a NULL in a `NOT NULL` column.
+fn is_not_null_violation(err: &DbErr) -> bool {
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            matches!(&**e, sqlx::Error::Database(db) if db.kind() == ErrorKind::NotNullViolation)
+        }
+        _ => false,
+    }
 }
 
 /// One row of a multi-row insert: the message and where it goes.

@@ -306,6 +306,44 @@ async fn a_claim_after_a_full_batch_still_sees_messages_published_since_in_prior
 }
 
 #[tokio::test]
+async fn payloads_of_every_size_come_back_whole_from_one_claim_in_priority_order() {
+    // On SQLite a claim returns payloads of up to 64 KiB itself and reads larger ones after
+    // it; one batch mixes both kinds, at that limit's edge, and text that needs escaping.
+    let (queue, _db) = common::queue("payload_sizes_in_one_claim").await;
+    queue.create_stream("s").await.unwrap();
+    // A JSON string that serializes to exactly `bytes` bytes, quotes included.
+    let exact = |bytes: usize| json!("x".repeat(bytes - 2));
+    let escaped = |units: usize| json!({"text": "é\\\"\n\u{1}\u{1F600}ab".repeat(units)});
+    let payloads = [
+        json!({"small": true}),
+        exact(65_535),
+        exact(65_536),
+        exact(65_537),
+        escaped(20_000),
+        exact(1_000_000),
+        escaped(3),
+    ];
+    let mut sent = Vec::new();
+    for (i, payload) in payloads.into_iter().enumerate() {
+        let priority = i32::try_from(i % 3).unwrap();
+        let id = queue
+            .publish_with_priority("s", "t", payload.clone(), priority)
+            .await
+            .unwrap();
+        sent.push((priority, id, payload));
+    }
+    let mut sub = queue
+        .subscribe_with_options(now("s").batch_size(10))
+        .await
+        .unwrap();
+    let got = sub.poll().await.unwrap();
+    sent.sort_by_key(|(priority, id, _)| (-priority, *id));
+    let expected: Vec<_> = sent.iter().map(|(_, id, p)| (*id, p.clone())).collect();
+    let got: Vec<_> = got.iter().map(|m| (m.id, m.payload.clone())).collect();
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
 async fn each_member_receives_only_topics_matching_its_patterns() {
     let (queue, _db) = common::queue("topic_filters").await;
     queue.create_stream("s").await.unwrap();
