@@ -209,8 +209,9 @@ impl WriteGate {
 /// `WAL_RESTART_LEFT_PAGES` pages appended since the previous one (at most
 /// `WAL_RESTART_PASSES` more passes): the held checkpoint then has little to copy, and when a
 /// write finds a pass's copy complete, it starts the WAL over by itself and writes need not
-/// be held at all (the WAL is then short again). 1 MiB publish + consume, three interleaved
-/// runs of each: from 0.52-0.53 to 0.68-0.83 of the plain insert.
+/// be held at all (the WAL is then short again). 1 MiB publish + consume against the plain
+/// insert, interleaved benchmark runs: on its own, 0.58-0.64 -> 0.64-0.68 (three pairs); after
+/// the million-message scenarios, as in the full benchmark, 0.53-0.59 -> 0.77-0.80 (two pairs).
 async fn checkpoint_round(gate: &Weak<Gate>, pool: &DatabaseConnection) -> Result<(), DbErr> {
     let mut wal_pages = sqlite::checkpoint(pool).await?;
     let mut passes = 0;

@@ -227,8 +227,11 @@ pub(crate) async fn claim(
 /// [`read_payload`] after the claim. SQLite stores every `RETURNING` row in a temporary table
 /// until the statement ends, so a returned payload is copied twice more, into that table and
 /// out of it: for a 1 MiB payload, the claim took 0.95 ms instead of 0.54 ms for the claim and
-/// a separate read (`sqlite3`, 50 claims, median of 7 rounds). `octet_length` tells the size
-/// from the record header without loading the value.
+/// a separate read (Python's `sqlite3`, 50 claims, median of 7 rounds). In this library the
+/// poll of a 1 MiB message went from 3.3-3.6 ms to 1.9 ms with glibc's default allocator,
+/// mostly by faulting in fewer fresh pages, and stayed at 1.3-1.5 ms with an allocator tuned
+/// never to return memory. `octet_length` tells the size from the record header without
+/// loading the value.
 const INLINE_PAYLOAD_BYTES: usize = 64 * 1024;
 
 /// The payload of message `id`, read on its own (see [`INLINE_PAYLOAD_BYTES`]).
