@@ -334,9 +334,10 @@ impl MessageQueue {
         free_during_write(self.inner.db_type, write, payloads).await
     }
 
-    /// Writes validated messages in one transaction, then wakes this process's waiting
-    /// subscribers of their streams (after the commit, not before). A single message is moved
-    /// into its statement (see [`backend::publish_one`]).
+    /// Writes validated messages atomically (one statement for a single message, otherwise one
+    /// transaction), then wakes this process's waiting subscribers of their streams (after the
+    /// commit, not before). A single message is moved into its statement (see
+    /// [`backend::publish_one`]).
     pub(crate) async fn write_batch(&self, mut messages: Vec<NewMessage>) -> Result<Vec<i64>> {
         let [message] = &mut messages[..] else {
             return self.write_all(&messages).await;

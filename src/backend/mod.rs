@@ -85,7 +85,7 @@ const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 const WAL_RESTART_PAGES: i64 = 4000;
 
 /// Before it holds writes to start the WAL over, the checkpointer repeats its passive
-/// checkpoint (at most `WAL_RESTART_PASSES` more times) until fewer than this many pages were
+/// checkpoint (at most `WAL_RESTART_PASSES` more times) until at most this many pages were
 /// appended during the last one.
 const WAL_RESTART_LEFT_PAGES: i64 = 256;
 
@@ -165,9 +165,9 @@ impl WriteGate {
     ///
     /// SQLite starts the WAL over from its beginning only when a write finds it entirely
     /// copied, which a checkpoint running beside steady writes never leaves behind. So when a
-    /// checkpoint reports more than `WAL_RESTART_PAGES` pages, the task takes a turn at the
-    /// gate and checkpoints once more while no write can run; the next write then starts the
-    /// WAL over. (The writer keeps an automatic checkpoint at `WRITER_AUTOCHECKPOINT_PAGES` as
+    /// checkpoint reports more than `WAL_RESTART_PAGES` pages, the task (after more passive
+    /// passes, see [`checkpoint_round`]) takes a turn at the gate and checkpoints once more
+    /// while no write can run; the next write then starts the WAL over. (The writer keeps an automatic checkpoint at `WRITER_AUTOCHECKPOINT_PAGES` as
     /// a backstop, should this task ever stop.) The task ends once the gate is gone.
     pub(crate) fn start_checkpoints(&self, pool: DatabaseConnection) {
         let Some(gate) = &self.0 else { return };
@@ -205,7 +205,7 @@ impl WriteGate {
 ///
 /// Holding writes costs the checkpoint's two disk syncs plus the copy of whatever the last
 /// checkpoint left behind (with 1 MiB messages, 25-45 ms per hold, measured). So first the
-/// passive checkpoint is repeated, while writes go on, until one pass finds fewer than
+/// passive checkpoint is repeated, while writes go on, until one pass finds at most
 /// `WAL_RESTART_LEFT_PAGES` pages appended since the previous one (at most
 /// `WAL_RESTART_PASSES` more passes): the held checkpoint then has little to copy, and when a
 /// write finds a pass's copy complete, it starts the WAL over by itself and writes need not

@@ -12,7 +12,7 @@ use sea_orm::{
 };
 
 use super::combine::Piece;
-use super::delivery::{ClaimRequest, Claimed, sort_claimed};
+use super::delivery::{ClaimRequest, Claimed, release_leases, sort_claimed};
 use super::{NewMessage, WriteGate};
 use crate::error::MqError;
 
@@ -118,7 +118,8 @@ fn catch_up_sql() -> String {
 /// Concurrency: each statement runs under SQLite's write lock, so no other writer can
 /// interleave with either; the subquery's `LIMIT` is therefore exact (there is no SKIP LOCKED
 /// to misbehave), and one `UPDATE ... RETURNING` leases the rows, increments their lease
-/// tokens and reads their messages: the payload by a correlated subquery on the primary key,
+/// tokens and reads their messages: the payload by a correlated subquery on the primary key
+/// (one over `INLINE_PAYLOAD_BYTES` is read after the statement, one query each),
 /// the timestamps from the delivery row, where the catch-up copied them (a row materialized
 /// without them falls back to the lookup). The picked rows
 /// travel from the subquery to the `UPDATE` by rowid, which the ready index holds, so the
@@ -214,13 +215,57 @@ pub(crate) async fn claim(
             lease_token: row.try_get_by_index(3)?,
         });
     }
+    let mut unread = Vec::new();
+    let mut read_error = None;
     for i in large {
-        if let Some(c) = claimed.get_mut(i) {
-            c.message.payload = read_payload(pool, c.message.id).await?;
+        let Some(c) = claimed.get_mut(i) else {
+            continue;
+        };
+        match read_payload(pool, c.message.id).await {
+            Ok(payload) => c.message.payload = payload,
+            Err(err) => {
+                unread.push(i);
+                read_error = Some(err);
+            }
         }
+    }
+    if let Some(err) = read_error {
+        give_back_unread(gate, pool, req.group_id, &mut claimed, &unread).await;
+        if claimed.is_empty() {
+            return Err(err);
+        }
+        tracing::warn!(error = %err, "dabgent_mq: a claimed message's payload could not be read");
     }
     sort_claimed(&mut claimed);
     Ok((claimed, buried))
+}
+
+/// The claim has committed, but the payloads of `claimed[unread]` could not be read: those
+/// leases are given back at once (their messages become ready again; the attempt the claim
+/// counted stays counted), and the rest of the batch is handed out, rather than every lease of
+/// the claim stranded until it expires. If giving them back fails too, those leases expire.
+async fn give_back_unread(
+    gate: &WriteGate,
+    pool: &DatabaseConnection,
+    group_id: i64,
+    claimed: &mut Vec<Claimed>,
+    unread: &[usize],
+) {
+    let leases: Vec<(i64, i64)> = unread
+        .iter()
+        .filter_map(|&i| claimed.get(i))
+        .map(|c| (c.message.id, c.lease_token))
+        .collect();
+    // Highest index first, so that each removal leaves the lower indexes in place.
+    for &i in unread.iter().rev() {
+        if i < claimed.len() {
+            claimed.remove(i);
+        }
+    }
+    let turn = gate.enter().await;
+    if let Err(err) = release_leases(turn.conn(pool), group_id, &leases).await {
+        tracing::debug!(error = %err, "dabgent_mq: giving back unread leases failed");
+    }
 }
 
 /// Payloads up to this size come back in the claim's `RETURNING`; a larger one is read by
@@ -237,8 +282,7 @@ const INLINE_PAYLOAD_BYTES: usize = 64 * 1024;
 /// The payload of message `id`, read on its own (see [`INLINE_PAYLOAD_BYTES`]).
 ///
 /// Concurrency: messages never change, so any connection reads the same value. Runs after the
-/// claim committed: if it fails, the claim's error is this one and its leases are left to
-/// expire, after which the messages are delivered again, as after a crash of the consumer.
+/// claim committed; see `give_back_unread` for a read that fails.
 async fn read_payload(pool: &DatabaseConnection, id: i64) -> Result<serde_json::Value, MqError> {
     let row = pool
         .query_one_raw(Statement::from_sql_and_values(
