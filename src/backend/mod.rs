@@ -167,8 +167,9 @@ impl WriteGate {
     /// copied, which a checkpoint running beside steady writes never leaves behind. So when a
     /// checkpoint reports more than `WAL_RESTART_PAGES` pages, the task (after more passive
     /// passes, see [`checkpoint_round`]) takes a turn at the gate and checkpoints once more
-    /// while no write can run; the next write then starts the WAL over. (The writer keeps an automatic checkpoint at `WRITER_AUTOCHECKPOINT_PAGES` as
-    /// a backstop, should this task ever stop.) The task ends once the gate is gone.
+    /// while no write can run; the next write then starts the WAL over. (The writer keeps an
+    /// automatic checkpoint at `WRITER_AUTOCHECKPOINT_PAGES` as a backstop, should this task
+    /// ever stop.) The task ends once the gate is gone.
     pub(crate) fn start_checkpoints(&self, pool: DatabaseConnection) {
         let Some(gate) = &self.0 else { return };
         if gate.writer.is_none() {

@@ -386,20 +386,20 @@ pub(crate) async fn run_combined(
 /// The row is written with `VALUES` and scalar subqueries rather than `INSERT ... SELECT ...
 /// FROM mq_streams`: a `SELECT` that reads the table it inserts into makes SQLite stage every
 /// result row in a temporary table first, payload and all, which for a 1 MiB payload costs
-/// about 30 % of the insert. An unknown stream makes the stream id NULL, which the column's
-/// `NOT NULL` refuses before anything is written; no other column of the row can be NULL.
+/// about 30 % of the insert. The head is the same [`HEAD`] as the catch-up's, selected from
+/// the stream's row by name. An unknown stream makes the stream id (and the offset) NULL,
+/// which the columns' `NOT NULL` refuses before anything is written; for a known stream no
+/// column of the row can be NULL.
 pub(crate) async fn append_one<C: ConnectionTrait>(
     conn: &C,
     message: &NewMessage,
     payload: String,
 ) -> Result<Option<i64>, MqError> {
-    const STREAM: &str = "(SELECT id FROM mq_streams WHERE name = ?)";
     let sql = format!(
         "INSERT INTO mq_messages \
             (stream_id, stream_offset, topic, payload, priority, created_at, deliver_at) \
-         VALUES ({STREAM}, \
-            COALESCE((SELECT m.stream_offset FROM mq_messages m WHERE m.stream_id = {STREAM} \
-                      ORDER BY m.stream_offset DESC LIMIT 1), 0) + 1, \
+         VALUES ((SELECT id FROM mq_streams WHERE name = ?), \
+            (SELECT {HEAD} FROM mq_streams WHERE name = ?) + 1, \
             ?, ?, ?, {NOW_MS}, {NOW_MS} + ?)"
     );
     let result = conn
